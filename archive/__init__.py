@@ -1,0 +1,3 @@
+"""vbes.archive: (to be built)."""
+
+__all__: list[str] = []

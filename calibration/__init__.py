@@ -1,0 +1,3 @@
+"""vbes.calibration: (to be built)."""
+
+__all__: list[str] = []

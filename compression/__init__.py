@@ -1,0 +1,3 @@
+"""vbes.compression: (to be built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""vbes.datasets: (to be built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""vbes.evaluation: (to be built)."""
+
+__all__: list[str] = []

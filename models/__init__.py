@@ -1,0 +1,3 @@
+"""vbes.models: (to be built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""vbes.recast: (to be built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""vbes.serving: (to be built)."""
+
+__all__: list[str] = []

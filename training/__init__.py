@@ -1,0 +1,3 @@
+"""vbes.training: (to be built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+import sys
+
+from vbes.cli import main
+
+sys.exit(main())

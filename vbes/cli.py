@@ -1,0 +1,141 @@
+"""The ``vbes`` command: one subcommand group per component, loaded lazily so ``vbes --help`` is instant.
+
+Conventions every component follows:
+
+* a user error raises a :class:`vbes.errors.VbesError`; :func:`main` prints it as one line
+  (``vbes: error: ...``) and exits non-zero; ``--debug`` (or ``VBES_DEBUG=1``) shows the traceback;
+* ``--json`` prints machine-readable output through :func:`emit`;
+* long work shows a progress bar on stderr (:func:`progress`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+import click
+
+from vbes.errors import VbesError
+
+__all__ = ["main", "cli", "emit", "progress", "settings_from_context"]
+
+T = TypeVar("T")
+
+# subcommand name -> "module:attribute"; the modules are imported only when the subcommand runs.
+_COMMANDS: dict[str, str] = {
+    "demo": "vbes.demo:demo",
+    "calib": "vbes.calibration.cli:calib",
+    "generate": "vbes.datasets.cli:generate",
+    "inspect": "vbes.datasets.cli:inspect_file",
+    "ingest": "vbes.datasets.cli:ingest",
+    "export-root": "vbes.datasets.cli:export_root",
+    "archive": "vbes.archive.cli:archive",
+    "evaluate": "vbes.evaluation.cli:evaluate",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _COMMANDS:
+            module_name, attr = _COMMANDS[cmd_name].split(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name and exc.name.startswith(module_name.rsplit(".", 1)[0]):
+                    return None  # component not built yet
+                raise
+            command = getattr(module, attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(package_name="vbes")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Virtual BESIII: surrogate MC, learned compression, archive and conditions store."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def settings_from_context() -> Any:
+    """The resolved :class:`vbes.settings.Settings`, loaded once per command."""
+    from vbes.settings import load_settings
+
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    if "settings" not in root.obj:
+        root.obj["settings"] = load_settings()
+    return root.obj["settings"]
+
+
+def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
+    """Print ``obj`` as JSON when ``as_json``, else ``text`` (or a readable rendering of ``obj``)."""
+    if as_json:
+        click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    elif text is not None:
+        click.echo(text)
+    elif isinstance(obj, dict):
+        width = max((len(str(k)) for k in obj), default=0)
+        for key, value in obj.items():
+            click.echo(f"{str(key).ljust(width)}  {value}")
+    else:
+        click.echo(str(obj))
+
+
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
+    """Progress bar on stderr for long work; silent when stderr is not a terminal unless VBES_PROGRESS=1."""
+    from tqdm import tqdm
+
+    disable = not (sys.stderr.isatty() or os.environ.get("VBES_PROGRESS") == "1")
+    yield from tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr)
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("VBES_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vbes`` command; returns the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = _debug_requested(args)
+    try:
+        result = cli.main(args=args, prog_name="vbes", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("vbes: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        if debug:
+            raise
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except VbesError as exc:
+        if debug:
+            raise
+        click.echo(f"vbes: error: {exc}", err=True)
+        return exc.exit_code
+    except (OSError, KeyboardInterrupt) as exc:
+        if debug:
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            click.echo("vbes: interrupted", err=True)
+            return 130
+        click.echo(f"vbes: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

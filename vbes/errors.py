@@ -1,0 +1,153 @@
+"""Every exception that vbes raises on purpose, in one module (as pyhf does).
+
+A :class:`VbesError` is a user-facing problem: the command line prints its message as one line and exits
+non-zero; ``--debug`` shows the traceback. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "VbesError",
+    "ConfigError",
+    "InvalidInput",
+    "NotFound",
+    # calibration
+    "CalibrationError",
+    "TagNotFound",
+    "TagStateError",
+    "PayloadNotFound",
+    "IoVOverlap",
+    "InvalidIoV",
+    "SnapshotError",
+    # datasets
+    "DatasetError",
+    "SchemaError",
+    "CorruptFileError",
+    "UnsupportedSchemaVersion",
+    # archive
+    "ArchiveError",
+    "InvalidName",
+    "NameConflict",
+    "ChecksumMismatch",
+    "FileLost",
+    "DatasetClosed",
+    "BagError",
+    # evaluation
+    "EvaluationError",
+    "InsufficientSample",
+    "GateFailed",
+]
+
+
+class VbesError(Exception):
+    """Base of every deliberate vbes error; its message is one clear line for the user."""
+
+    exit_code: int = 1
+
+
+class ConfigError(VbesError):
+    """A setting or configuration file is invalid."""
+
+
+class InvalidInput(VbesError):
+    """An argument or input file is malformed."""
+
+
+class NotFound(VbesError):
+    """A named thing (file, tag, model, ...) does not exist."""
+
+
+# --- calibration -----------------------------------------------------------------------------------------
+
+
+class CalibrationError(VbesError):
+    """Base of conditions-store errors."""
+
+
+class TagNotFound(CalibrationError, NotFound):
+    """No global tag of that name."""
+
+
+class TagStateError(CalibrationError):
+    """The tag's state forbids the operation (published tags are immutable, invalid tags are unusable)."""
+
+
+class PayloadNotFound(CalibrationError, NotFound):
+    """No payload for that (tag, type, run), or no payload with that hash."""
+
+
+class IoVOverlap(CalibrationError):
+    """An IoV would overlap an existing IoV of the same tag and payload type."""
+
+
+class InvalidIoV(CalibrationError):
+    """An IoV's run range is malformed (first run after last run, ...)."""
+
+
+class SnapshotError(CalibrationError):
+    """A tag snapshot is corrupt or does not match its manifest."""
+
+
+# --- datasets --------------------------------------------------------------------------------------------
+
+
+class DatasetError(VbesError):
+    """Base of event-file errors."""
+
+
+class SchemaError(DatasetError):
+    """An event file misses a field, has inconsistent lengths, forbidden NaN, wrong dtype, ..."""
+
+
+class CorruptFileError(DatasetError):
+    """An event file cannot be read at all (truncated, not HDF5, ...)."""
+
+
+class UnsupportedSchemaVersion(DatasetError):
+    """An event file declares a schema version this software does not know (e.g. a newer one)."""
+
+
+# --- archive ---------------------------------------------------------------------------------------------
+
+
+class ArchiveError(VbesError):
+    """Base of archive errors."""
+
+
+class InvalidName(ArchiveError, InvalidInput):
+    """A logical name is malformed or tries to escape the store."""
+
+
+class NameConflict(ArchiveError):
+    """The logical name already points to different content."""
+
+
+class ChecksumMismatch(ArchiveError):
+    """Content read back does not match its recorded checksum."""
+
+
+class FileLost(ArchiveError):
+    """No replica of a file is available."""
+
+
+class DatasetClosed(ArchiveError):
+    """A closed archive dataset is immutable."""
+
+
+class BagError(ArchiveError):
+    """A BagIt bag is invalid or was tampered with."""
+
+
+# --- evaluation ------------------------------------------------------------------------------------------
+
+
+class EvaluationError(VbesError):
+    """Base of evaluation errors."""
+
+
+class InsufficientSample(EvaluationError):
+    """A metric was asked for on fewer events than its stated minimum."""
+
+
+class GateFailed(EvaluationError):
+    """An evaluation did not pass its gate file."""
