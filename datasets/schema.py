@@ -1,7 +1,7 @@
-"""The DST-level event layout (schema version 1): tables, fields, units.
+"""The DST-level event layout (schema version 2): tables, fields, units, and every older version.
 
-Mirrors the objects of a BESIII DST (``TDstEvent``/``TMcEvent`` as read by pybes3) field by field, so a real DST
-maps onto it. An event file holds four tables; objects belong to events through the per-event counts
+Mirrors the objects of a BESIII DST (``TDstEvent``/``TMcEvent`` as read by pybes3) field by field, so a real
+DST maps onto it. An event file holds four tables; objects belong to events through the per-event counts
 (``n_tracks``, ``n_showers``, ``n_truth``) in event order:
 
 * ``events``  -- one row per event;
@@ -23,7 +23,8 @@ Conventions (BESIII's):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +32,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Field",
     "TABLES",
+    "TABLES_V1",
     "OBJECT_TABLES",
     "COUNT_FIELD",
     "CHANNELS",
@@ -39,9 +41,19 @@ __all__ = [
     "channel_code",
     "pack_symmetric",
     "unpack_symmetric",
+    "SCHEMA_VERSIONS",
+    "Migration",
+    "MIGRATIONS",
+    "layout",
+    "migrate_tables",
+    "helix_momentum",
+    "momentum_sigma",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: ``{table: {field: array}}``
+Tables = dict[str, dict[str, np.ndarray]]
 
 #: particle hypotheses of dE/dx, TOF and Kalman fits, in BESIII's order
 HYPOTHESES = ("e", "mu", "pi", "K", "p")
@@ -72,6 +84,10 @@ class Field:
         description: what the value is.
         nan_allowed: whether NaN is a legal value (it marks "not measured", e.g. no TOF hit).
         mc_only: only present/meaningful in MC files.
+        index_into: for index columns, the object table the index points into (within the same event);
+            the value is -1 (none) or ``0 <= value < count`` of that table in the event.
+        fill: value of the column where a writer or an older schema version does not provide it
+            (``None``: the column is required).
     """
 
     name: str
@@ -81,11 +97,14 @@ class Field:
     description: str = ""
     nan_allowed: bool = False
     mc_only: bool = False
+    index_into: str | None = None
+    fill: float | int | None = None
 
 
 _F = Field
 
-TABLES: dict[str, tuple[Field, ...]] = {
+#: schema version 1 (frozen: released files use it)
+TABLES_V1: dict[str, tuple[Field, ...]] = {
     "events": (
         _F("run", "<i4", description="run number: positive data, negative MC"),
         _F("event", "<i8", description="event number within the run"),
@@ -97,7 +116,13 @@ TABLES: dict[str, tuple[Field, ...]] = {
     ),
     "tracks": (
         _F("charge", "<i1", description="track charge, +1 or -1"),
-        _F("helix", "<f8", (5,), "cm, rad, c/GeV, cm, 1", "helix (dr, phi0, kappa, dz, tanl) about the origin"),
+        _F(
+            "helix",
+            "<f8",
+            (5,),
+            "cm, rad, c/GeV, cm, 1",
+            "helix (dr, phi0, kappa, dz, tanl) about the origin",
+        ),
         _F("helix_cov", "<f8", (15,), "mixed", "helix covariance, packed lower triangle"),
         _F("p", "<f4", unit="GeV/c", description="momentum magnitude from the helix"),
         _F("px", "<f4", unit="GeV/c"),
@@ -108,14 +133,32 @@ TABLES: dict[str, tuple[Field, ...]] = {
         _F("mass_hypothesis", "<i1", description="index into HYPOTHESES of the Kalman fit stored (2 = pi)"),
         _F("dedx", "<f4", description="normalised truncated-mean dE/dx (1 = minimum ionising)"),
         _F("dedx_nhits", "<i2", description="number of dE/dx hits used"),
-        _F("chi_dedx", "<f4", (5,), description="dE/dx chi per hypothesis (e, mu, pi, K, p)", nan_allowed=True),
+        _F(
+            "chi_dedx",
+            "<f4",
+            (5,),
+            description="dE/dx chi per hypothesis (e, mu, pi, K, p)",
+            nan_allowed=True,
+        ),
         _F("tof", "<f4", unit="ns", description="time of flight; NaN without a TOF hit", nan_allowed=True),
         _F("tof_path", "<f4", unit="cm", description="flight path to the TOF counter", nan_allowed=True),
         _F("chi_tof", "<f4", (5,), description="TOF chi per hypothesis; NaN without a hit", nan_allowed=True),
         _F("emc_energy", "<f4", unit="GeV", description="energy of the matched EMC shower, 0 if none"),
-        _F("emc_index", "<i4", description="index of the matched shower in this event, -1 if none"),
+        _F(
+            "emc_index",
+            "<i4",
+            description="index of the matched shower in this event, -1 if none",
+            index_into="showers",
+        ),
         _F("muc_depth", "<f4", unit="cm", description="penetration depth in the muon counter, 0 if none"),
-        _F("truth_index", "<i4", description="matched truth particle in this event, -1 if none", mc_only=True),
+        _F(
+            "truth_index",
+            "<i4",
+            description="matched truth particle in this event, -1 if none",
+            mc_only=True,
+            index_into="truth",
+            fill=-1,
+        ),
     ),
     "showers": (
         _F("energy", "<f4", unit="GeV", description="deposited energy (corrected)"),
@@ -131,11 +174,23 @@ TABLES: dict[str, tuple[Field, ...]] = {
         _F("e5x5", "<f4", unit="GeV", description="energy in the 5x5 crystals around the seed"),
         _F("second_moment", "<f4", unit="cm^2", description="second moment of the shower"),
         _F("lat_moment", "<f4", description="lateral moment"),
-        _F("truth_index", "<i4", description="truth particle that made it, -1 if none", mc_only=True),
+        _F(
+            "truth_index",
+            "<i4",
+            description="truth particle that made it, -1 if none",
+            mc_only=True,
+            index_into="truth",
+            fill=-1,
+        ),
     ),
     "truth": (
         _F("pdg", "<i4", description="PDG particle id"),
-        _F("mother", "<i4", description="index of the mother in this event, -1 for the primary"),
+        _F(
+            "mother",
+            "<i4",
+            description="index of the mother in this event, -1 for the primary",
+            index_into="truth",
+        ),
         _F("px", "<f8", unit="GeV/c"),
         _F("py", "<f8", unit="GeV/c"),
         _F("pz", "<f8", unit="GeV/c"),
@@ -147,9 +202,150 @@ TABLES: dict[str, tuple[Field, ...]] = {
     ),
 }
 
+#: fields new in version 2: DST quantities analysts cut on (track-fit quality, shower errors and shape,
+#: crystal id, truth bookkeeping). Each has a ``fill`` so version-1 files migrate (NaN / -1 = "not recorded").
+_ADDED_V2: dict[str, tuple[Field, ...]] = {
+    "events": (),
+    "tracks": (
+        _F(
+            "fit_chi2",
+            "<f4",
+            description="chi^2 of the Kalman fit stored (mass_hypothesis)",
+            nan_allowed=True,
+            fill=float("nan"),
+        ),
+        _F("fit_ndof", "<i2", description="degrees of freedom of that fit, -1 if unknown", fill=-1),
+        _F(
+            "mdc_layers",
+            "<i2",
+            description="number of MDC layers with hits on the track, -1 if unknown",
+            fill=-1,
+        ),
+        _F(
+            "dedx_ph",
+            "<f4",
+            description="truncated-mean dE/dx pulse height before normalisation (BOSS probPH)",
+            unit="ADC counts",
+            nan_allowed=True,
+            fill=float("nan"),
+        ),
+    ),
+    "showers": (
+        _F(
+            "energy_err",
+            "<f4",
+            unit="GeV",
+            description="uncertainty of the energy",
+            nan_allowed=True,
+            fill=float("nan"),
+        ),
+        _F(
+            "e_seed",
+            "<f4",
+            unit="GeV",
+            description="energy of the seed crystal",
+            nan_allowed=True,
+            fill=float("nan"),
+        ),
+        _F(
+            "theta_err",
+            "<f4",
+            unit="rad",
+            description="uncertainty of theta",
+            nan_allowed=True,
+            fill=float("nan"),
+        ),
+        _F(
+            "phi_err",
+            "<f4",
+            unit="rad",
+            description="uncertainty of phi",
+            nan_allowed=True,
+            fill=float("nan"),
+        ),
+        _F("a20_moment", "<f4", description="Zernike moment A20", nan_allowed=True, fill=float("nan")),
+        _F("a42_moment", "<f4", description="Zernike moment A42", nan_allowed=True, fill=float("nan")),
+        _F("cell_id", "<i4", description="BESIII identifier of the seed crystal, -1 if unknown", fill=-1),
+        _F("status", "<i4", description="BOSS shower status word, -1 if unknown", fill=-1),
+    ),
+    "truth": (
+        _F(
+            "status_flags",
+            "<i4",
+            description="BOSS McParticle status bits (primary, decayed, ...), -1 unknown",
+            mc_only=True,
+            fill=-1,
+        ),
+    ),
+}
+
+#: the current layout (schema version 2)
+TABLES: dict[str, tuple[Field, ...]] = {t: TABLES_V1[t] + _ADDED_V2[t] for t in TABLES_V1}
+
 OBJECT_TABLES = ("tracks", "showers", "truth")
 #: the ``events`` column that counts each object table's rows per event
 COUNT_FIELD = {"tracks": "n_tracks", "showers": "n_showers", "truth": "n_truth"}
+
+
+#: every released layout, by version; a file of any of them is readable for ever (migrated on read)
+SCHEMA_VERSIONS: dict[int, dict[str, tuple[Field, ...]]] = {1: TABLES_V1, 2: TABLES}
+
+
+@dataclass(frozen=True)
+class Migration:
+    """How the tables of schema version ``source`` become those of ``source + 1``.
+
+    Args:
+        source: the version migrated from.
+        added: ``(table, field)`` pairs new in ``source + 1``; filled with the new layout's ``Field.fill``.
+        renamed: ``{(table, old_name): new_name}``.
+        transform: optional ``f(tables, n_rows) -> tables`` for anything else (unit changes, derived fields).
+    """
+
+    source: int
+    added: tuple[tuple[str, str], ...] = ()
+    renamed: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    transform: Callable[[Tables, dict[str, int]], Tables] | None = None
+
+
+#: ``MIGRATIONS[v]`` turns version ``v`` into ``v + 1``
+MIGRATIONS: dict[int, Migration] = {
+    1: Migration(1, added=tuple((t, f.name) for t, fs in _ADDED_V2.items() for f in fs)),
+}
+
+
+def layout(version: int = SCHEMA_VERSION) -> dict[str, tuple[Field, ...]]:
+    """The tables and fields of a schema version."""
+    from vbes.errors import UnsupportedSchemaVersion
+
+    try:
+        return SCHEMA_VERSIONS[version]
+    except KeyError:
+        raise UnsupportedSchemaVersion(f"unknown schema version {version}") from None
+
+
+def migrate_tables(tables: Tables, version: int, n_rows: Mapping[str, int]) -> Tables:
+    """Bring ``{table: {field: array}}`` read from a version-``version`` file up to :data:`SCHEMA_VERSION`.
+
+    Args:
+        tables: the columns read (any subset of the old layout's fields).
+        version: the file's schema version.
+        n_rows: rows per table in ``tables`` (so added fields get the right length).
+    """
+    out = {t: dict(cols) for t, cols in tables.items()}
+    for v in range(version, SCHEMA_VERSION):
+        step = MIGRATIONS[v]
+        for (table, old), new in step.renamed.items():
+            if table in out and old in out[table]:
+                out[table][new] = out[table].pop(old)
+        new_fields = {t: {f.name: f for f in fs} for t, fs in layout(v + 1).items()}
+        for table, name in step.added:
+            if table in out:
+                spec = new_fields[table][name]
+                out[table][name] = np.full((n_rows[table], *spec.shape), spec.fill, dtype=spec.dtype)
+        if step.transform is not None:
+            out = step.transform(out, dict(n_rows))
+    return out
 
 
 def channel_code(name: str) -> int:
@@ -178,3 +374,22 @@ def unpack_symmetric(packed: np.ndarray) -> np.ndarray:
     out[..., rows, cols] = packed
     out[..., cols, rows] = packed
     return out
+
+
+def helix_momentum(helix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(px, py, pz)`` in GeV/c of ``(..., 5)`` helices ``(dr, phi0, kappa, dz, tanl)`` at their pivot."""
+    helix = np.asarray(helix, dtype=np.float64)
+    pt = 1.0 / np.abs(helix[..., 2])
+    return -np.sin(helix[..., 1]) * pt, np.cos(helix[..., 1]) * pt, helix[..., 4] * pt
+
+
+def momentum_sigma(helix: np.ndarray, helix_cov: np.ndarray) -> np.ndarray:
+    """Uncertainty of ``p = sqrt(1 + tanl^2) / |kappa|`` from the packed helix covariance (linearised)."""
+    helix = np.asarray(helix, dtype=np.float64)
+    cov = unpack_symmetric(np.asarray(helix_cov, dtype=np.float64))
+    kappa, tanl = helix[..., 2], helix[..., 4]
+    root = np.sqrt(1.0 + tanl**2)
+    d_kappa = -np.sign(kappa) * root / kappa**2
+    d_tanl = tanl / (np.abs(kappa) * root)
+    var = d_kappa**2 * cov[..., 2, 2] + d_tanl**2 * cov[..., 4, 4] + 2 * d_kappa * d_tanl * cov[..., 2, 4]
+    return np.sqrt(var)

@@ -1,3 +1,3 @@
-"""vbes.evaluation: (to be built)."""
+"""vbes.evaluation: does a sample reproduce the reference -- and how sure are we? (being built)"""
 
 __all__: list[str] = []

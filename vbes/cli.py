@@ -29,7 +29,7 @@ T = TypeVar("T")
 _COMMANDS: dict[str, str] = {
     "demo": "vbes.demo:demo",
     "calib": "vbes.calibration.cli:calib",
-    "generate": "vbes.datasets.cli:generate",
+    "generate": "vbes.datasets.generator_cli:generate",
     "inspect": "vbes.datasets.cli:inspect_file",
     "ingest": "vbes.datasets.cli:ingest",
     "export-root": "vbes.datasets.cli:export_root",

@@ -14,6 +14,7 @@ __all__ = [
     # calibration
     "CalibrationError",
     "TagNotFound",
+    "TagExists",
     "TagStateError",
     "PayloadNotFound",
     "IoVOverlap",
@@ -32,6 +33,7 @@ __all__ = [
     "FileLost",
     "DatasetClosed",
     "BagError",
+    "TierError",
     # evaluation
     "EvaluationError",
     "InsufficientSample",
@@ -66,6 +68,10 @@ class CalibrationError(VbesError):
 
 class TagNotFound(CalibrationError, NotFound):
     """No global tag of that name."""
+
+
+class TagExists(CalibrationError):
+    """A global tag of that name already exists."""
 
 
 class TagStateError(CalibrationError):
@@ -136,6 +142,10 @@ class DatasetClosed(ArchiveError):
 
 class BagError(ArchiveError):
     """A BagIt bag is invalid or was tampered with."""
+
+
+class TierError(ArchiveError):
+    """A storage tier cannot be reached, read or written (bad URL, server down, permission denied)."""
 
 
 # --- evaluation ------------------------------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""``vbes generate``: a reference sample of J/ψ decays through the BESIII-like detector, as an event file.
+
+Example::
+
+    vbes calib init
+    vbes generate rhopi -n 100000 -o rhopi.h5 --runs=-10000:-9000 --seed 7
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from vbes.datasets.generator import GENERATOR_CHANNELS
+from vbes.datasets.simulation import SIM_TAG, generate_sample, parse_runs
+
+from vbes.cli import emit, progress, settings_from_context
+
+__all__ = ["generate"]
+
+
+@click.command()
+@click.argument("channel", type=click.Choice(GENERATOR_CHANNELS))
+@click.option("-n", "--events", "n_events", type=click.IntRange(min=1), required=True, help="Number of events.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Event file to write (HDF5).")
+@click.option("--runs", "runs_text", required=True, metavar="FIRST:LAST",
+              help="Run range, negative for MC; write negative ranges as --runs=-10000:-9000.")
+@click.option("--tag", default=SIM_TAG, show_default=True, help="Calibration global tag.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same events).")
+@click.option("--no-fsr", is_flag=True, help="Turn final-state radiation in decays off.")
+@click.option("-j", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def generate(channel: str, n_events: int, output: Path, runs_text: str, tag: str, seed: int, no_fsr: bool,
+             workers: int, as_json: bool) -> None:
+    """Generate CHANNEL (rhopi, kskpi, ee, mumu, ppbar, inclusive) with constants of TAG for the runs."""
+    from vbes.calibration import CalibrationStore
+
+    from vbes.errors import TagNotFound
+
+    runs = parse_runs(runs_text)
+    settings = settings_from_context()
+    with CalibrationStore.from_settings(settings) as store:
+        try:
+            store.tag_info(tag)
+        except TagNotFound as exc:
+            hint = " (run `vbes calib init` to create it)" if tag == SIM_TAG else ""
+            raise TagNotFound(f"{exc}{hint}") from None
+        path = generate_sample(channel, n_events, output, runs=runs, tag=tag, seed=seed, store=store,
+                               fsr=not no_fsr, workers=workers,
+                               progress=lambda chunks, total: progress(chunks, total=total, desc="generate",
+                                                                        unit="chunk"))
+    result = {"path": str(path), "channel": channel, "events": n_events, "runs": list(runs), "tag": tag,
+              "seed": seed, "fsr": not no_fsr}
+    emit(result, as_json, text=f"wrote {n_events} {channel} events (runs {runs[0]}..{runs[1]}, tag {tag}, "
+                               f"seed {seed}) to {path}")

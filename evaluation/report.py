@@ -1,0 +1,306 @@
+"""The evaluation report: one self-contained HTML file (figures embedded as PNG data URIs) and a JSON file with
+every number.
+
+Figures use matplotlib with the mplhep (ROOT) style, drawn on :class:`matplotlib.figure.Figure` objects directly
+so no global pyplot state or display is needed.
+
+Example::
+
+    evaluation = evaluate("model.h5", "reference.h5")
+    paths = write_report(evaluation, "report/")   # report/report.html, report/evaluation.json
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from vbes.evaluation.metrics import fixed_bins
+from vbes.evaluation.observables import fit_peak
+from vbes.evaluation.suite import Evaluation, Sample
+
+__all__ = ["write_report", "write_json", "render_html"]
+
+_PANELS = 16  # feature histograms per figure (4 x 4)
+
+
+def _style() -> Any:
+    import matplotlib.style
+    import mplhep
+
+    style = dict(mplhep.style.ROOT)
+    style.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7,
+                  "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.dpi": 80})
+    return matplotlib.style.context(style)
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _hist_pair(ax: Any, a: np.ndarray, b: np.ndarray, title: str, unit: str) -> None:
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if b.size == 0:
+        ax.set_title(f"{title} (absent)")
+        return
+    edges = fixed_bins(b)[1:-1]
+    if edges.size < 2:
+        return
+    ax.hist(b, bins=edges, histtype="stepfilled", alpha=0.35, density=True, label="reference", color="tab:blue")
+    if a.size:
+        ax.hist(a, bins=edges, histtype="step", density=True, label="sample", color="tab:red", linewidth=1.2)
+    ax.set_title(title)
+    ax.set_xlabel(unit)
+
+
+def _feature_figures(evaluation: Evaluation, samples: tuple[Sample, Sample]) -> list[str]:
+    a, b = samples
+    names = a.features.names
+    images = []
+    for start in range(0, len(names), _PANELS):
+        chunk = names[start : start + _PANELS]
+        rows = int(np.ceil(len(chunk) / 4))
+        fig = Figure(figsize=(12, 2.6 * rows))
+        axes = fig.subplots(rows, 4, squeeze=False)
+        for ax, name in zip(axes.ravel(), chunk):
+            i = names.index(name)
+            summary = evaluation.features.get(name, {})
+            flag = "" if summary.get("passed", True) else " [FAIL]"
+            _hist_pair(ax, a.features.values[:, i], b.features.values[:, i], f"{name}{flag}",
+                       a.features.units.get(name, ""))
+        for ax in axes.ravel()[len(chunk):]:
+            ax.set_visible(False)
+        axes.ravel()[0].legend()
+        fig.tight_layout()
+        images.append(_png(fig))
+    return images
+
+
+def _correlation_figure(evaluation: Evaluation) -> str | None:
+    corr = evaluation.correlation
+    if "difference" not in corr:
+        return None
+    diff = np.asarray(corr["difference"])
+    names = corr["names"]
+    size = max(4.0, 0.22 * len(names) + 2)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
+    limit = max(0.05, float(np.abs(diff).max()))
+    image = ax.imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
+    ax.set_yticks(range(len(names)), names, fontsize=5)
+    ax.set_title("corr(sample) - corr(reference)")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return _png(fig)
+
+
+def _pair_figures(evaluation: Evaluation, samples: tuple[Sample, Sample], n_pairs: int = 3) -> list[str]:
+    # 2-D histograms of the pairs whose correlation differs most
+    corr = evaluation.correlation
+    if "difference" not in corr:
+        return []
+    diff = np.abs(np.asarray(corr["difference"]))
+    names = corr["names"]
+    iu = np.triu_indices(len(names), 1)
+    order = np.argsort(diff[iu])[::-1][:n_pairs]
+    a, b = samples
+    images = []
+    for k in order:
+        x_name, y_name = names[iu[0][k]], names[iu[1][k]]
+        fig = Figure(figsize=(8, 3.4))
+        axes = fig.subplots(1, 2)
+        for ax, sample, label in ((axes[0], b, "reference"), (axes[1], a, "sample")):
+            x, y = sample.features.column(x_name), sample.features.column(y_name)
+            ok = np.isfinite(x) & np.isfinite(y)
+            xr = np.quantile(b.features.column(x_name)[np.isfinite(b.features.column(x_name))], [0.005, 0.995])
+            yr = np.quantile(b.features.column(y_name)[np.isfinite(b.features.column(y_name))], [0.005, 0.995])
+            ax.hist2d(x[ok], y[ok], bins=40, range=[xr, yr], cmap="viridis")
+            ax.set_xlabel(x_name)
+            ax.set_ylabel(y_name)
+            ax.set_title(f"{label}: |d corr| = {diff[iu][k]:.3f}")
+        fig.tight_layout()
+        images.append(_png(fig))
+    return images
+
+
+def _observable_figures(evaluation: Evaluation, samples: tuple[Sample, Sample]) -> list[tuple[str, str]]:
+    a, b = samples
+    images = []
+    for obs_a, obs_b in zip(a.observables, b.observables):
+        fig = Figure(figsize=(5, 3.4))
+        ax = fig.subplots()
+        if obs_a.kind == "spectrum2d":
+            fig = Figure(figsize=(8, 3.4))
+            axes = fig.subplots(1, 2)
+            ref = obs_b.values[np.isfinite(obs_b.values).all(axis=1)]
+            if len(ref) == 0:
+                continue
+            rng = [np.quantile(ref[:, 0], [0.001, 0.999]), np.quantile(ref[:, 1], [0.001, 0.999])]
+            for ax, obs, label in ((axes[0], obs_b, "reference"), (axes[1], obs_a, "sample")):
+                v = obs.values[np.isfinite(obs.values).all(axis=1)]
+                ax.hist2d(v[:, 0], v[:, 1], bins=50, range=rng, cmap="viridis")
+                ax.set_title(f"{obs.name}: {label}")
+                ax.set_xlabel(f"[{obs.unit}]")
+            fig.tight_layout()
+            images.append((obs_a.name, _png(fig)))
+            continue
+        if obs_a.kind == "correlation":
+            continue
+        va, vb = np.asarray(obs_a.values).ravel(), np.asarray(obs_b.values).ravel()
+        if obs_a.kind == "fraction":
+            fa, fb = np.nanmean(va) if np.isfinite(va).any() else np.nan, np.nanmean(vb) if np.isfinite(vb).any() else np.nan
+            ax.bar(["reference", "sample"], [fb, fa], color=["tab:blue", "tab:red"], alpha=0.6)
+            ax.set_title(obs_a.name)
+        else:
+            _hist_pair(ax, va, vb, obs_a.name, obs_a.unit)
+            if obs_a.kind == "peak":
+                for values, color in ((va, "tab:red"), (vb, "tab:blue")):
+                    try:
+                        fit = fit_peak(values)
+                    except Exception:  # a failed fit is reported by the tests, the figure just omits it
+                        continue
+                    ax.axvline(fit.position, color=color, linestyle=":", linewidth=1)
+                    ax.text(0.02, 0.95 if color == "tab:blue" else 0.85,
+                            f"{fit.position:.5g} +- {fit.position_error:.2g}, sigma {fit.width:.3g}",
+                            transform=ax.transAxes, color=color, fontsize=7, va="top")
+                if obs_a.expected is not None:
+                    ax.axvline(obs_a.expected, color="black", linewidth=0.8, label="PDG")
+            ax.legend(loc="upper right")
+        fig.tight_layout()
+        images.append((obs_a.name, _png(fig)))
+    return images
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def render_html(evaluation: Evaluation, gate_outcome: dict[str, Any] | None = None,
+                samples: tuple[Sample, Sample] | None = None) -> str:
+    """The report as one HTML string (figures embedded)."""
+    samples = samples or evaluation.samples
+    data = evaluation.as_dict()
+    verdict = "PASSED" if evaluation.passed else "FAILED"
+    colour = "#2a7" if evaluation.passed else "#c33"
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>vbes evaluation</title><style>",
+        "body{font-family:sans-serif;margin:2em;max-width:1300px} table{border-collapse:collapse;font-size:12px}",
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} td:first-child{text-align:left}",
+        ".fail{background:#fdd} .pass{background:#efe} img{max-width:100%} h2{margin-top:1.5em}",
+        "</style></head><body>",
+        f"<h1>Evaluation: <span style='color:{colour}'>{verdict}</span></h1>",
+        f"<p>channel <b>{html.escape(evaluation.channel or 'numeric table')}</b>; sample "
+        f"{html.escape(str(evaluation.sample_info.get('path', 'in memory')))} ({evaluation.n_sample} events), reference "
+        f"{html.escape(str(evaluation.reference_info.get('path', 'in memory')))} ({evaluation.n_reference} events).</p>",
+        f"<p>{evaluation.n_used} events per sample in every metric but the classifier ({evaluation.n_classifier} per "
+        f"sample, {evaluation.config.classifier_folds}-fold). Null: {evaluation.config.null_trials} disjoint "
+        f"reference-vs-reference splits ({evaluation.config.classifier_null_trials} for the classifier).</p>",
+        f"<p><b>Trials factor:</b> {len(evaluation.tests)} tests ran; each is judged at alpha/m = "
+        f"{evaluation.config.alpha:g}/{len(evaluation.tests)} = {data['trials_factor']['alpha_per_test']:.2e} "
+        "(Bonferroni), so a sample drawn from the reference fails any test with probability at most "
+        f"{evaluation.config.alpha:g}. Tests with a known null distribution pass when their p-value is at least "
+        "alpha/m; distances pass when below the null's one-sided prediction bound (Student t over the splits).</p>",
+    ]
+    if gate_outcome is not None:
+        status = "passed" if gate_outcome["passed"] else "FAILED"
+        parts.append(f"<h2>Gates ({html.escape(str(gate_outcome.get('family')))}, {status})</h2><table>"
+                     "<tr><th>gate</th><th>metric</th><th>value</th><th>bound</th><th>result</th></tr>")
+        for g in gate_outcome["gates"]:
+            cls = "pass" if g["passed"] else "fail"
+            parts.append(f"<tr class='{cls}'><td>{_fmt(g['gate'])}</td><td>{_fmt(g.get('metric'))}</td>"
+                         f"<td>{_fmt(g.get('value'))}</td><td>{_fmt(g.get('bound'))}</td>"
+                         f"<td>{'pass' if g['passed'] else 'FAIL'}</td></tr>")
+        parts.append("</table>")
+    failed = [t for t in evaluation.tests if not t.passed]
+    parts.append(f"<h2>Failed tests ({len(failed)})</h2>" + ("<p>none</p>" if not failed else ""))
+    header = ("<tr><th>test</th><th>value</th><th>p-value</th><th>null mean</th><th>null spread</th>"
+              "<th>threshold</th><th>decision</th><th>result</th></tr>")
+    for title, rows in (("", failed), ("All tests", evaluation.tests)):
+        if not rows:
+            continue
+        if title:
+            parts.append(f"<h2>{title}</h2>")
+        parts.append("<table>" + header)
+        for t in rows:
+            cls = "pass" if t.passed else "fail"
+            parts.append(
+                f"<tr class='{cls}'><td>{html.escape(t.name)}</td><td>{_fmt(t.value)}</td><td>{_fmt(t.pvalue)}</td>"
+                f"<td>{_fmt(t.null_mean)}</td><td>{_fmt(t.null_std)}</td><td>{_fmt(t.threshold)}</td>"
+                f"<td>{html.escape(t.decision)}</td><td>{'pass' if t.passed else 'FAIL'}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Per-feature summary</h2><table><tr><th>feature</th><th>unit</th><th>W1</th>"
+                 "<th>W1 / resolution</th><th>KS</th><th>chi2/ndf</th><th>separation power</th></tr>")
+    for name, f in evaluation.features.items():
+        cls = "pass" if f.get("passed", True) else "fail"
+        parts.append(f"<tr class='{cls}'><td>{html.escape(name)}</td><td>{_fmt(f['unit'])}</td><td>{_fmt(f['w1'])}</td>"
+                     f"<td>{_fmt(f['w1_over_resolution'])}</td><td>{_fmt(f['ks'])}</td><td>{_fmt(f['chi2_ndf'])}</td>"
+                     f"<td>{_fmt(f['separation_power'])}</td></tr>")
+    parts.append("</table>")
+    if evaluation.skipped:
+        parts.append("<h2>Not computed (below a metric's minimum sample size)</h2><ul>")
+        parts += [f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in evaluation.skipped.items()]
+        parts.append("</ul>")
+    if samples is not None:
+        with _style():
+            observables = _observable_figures(evaluation, samples)
+            if observables:
+                parts.append("<h2>Physics observables</h2>")
+                parts += [f"<img alt='{html.escape(name)}' src='{uri}' style='width:32%'>" for name, uri in observables]
+            parts.append("<h2>Feature distributions</h2>")
+            parts += [f"<img src='{uri}'>" for uri in _feature_figures(evaluation, samples)]
+            corr = _correlation_figure(evaluation)
+            if corr:
+                parts.append("<h2>Correlations</h2>" + f"<img src='{corr}' style='max-width:70%'>")
+            pairs = _pair_figures(evaluation, samples)
+            if pairs:
+                parts.append("<h3>Pairs whose correlation differs most</h3>")
+                parts += [f"<img src='{uri}' style='max-width:70%'>" for uri in pairs]
+    parts.append("<h2>Timings</h2><table>" + "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.2f} s</td></tr>" for k, v in evaluation.timings.items()) + "</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_json(evaluation: Evaluation, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+    """Write every number of the evaluation (plus ``extra``, e.g. the gate outcome) as JSON."""
+    path = Path(path)
+    data = evaluation.as_dict()
+    if extra:
+        data.update(extra)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def write_report(evaluation: Evaluation, directory: str | os.PathLike[str], gate_outcome: dict[str, Any] | None = None,
+                 samples: tuple[Sample, Sample] | None = None) -> dict[str, Path]:
+    """Write ``report.html`` and ``evaluation.json`` into ``directory`` (created if needed).
+
+    Returns:
+        ``{"html": path, "json": path}``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    extra = {"gates": gate_outcome} if gate_outcome is not None else None
+    json_path = write_json(evaluation, directory / "evaluation.json", extra)
+    html_path = directory / "report.html"
+    tmp = html_path.with_suffix(".html.tmp")
+    tmp.write_text(render_html(evaluation, gate_outcome, samples))
+    tmp.replace(html_path)
+    return {"html": html_path, "json": json_path}
+
