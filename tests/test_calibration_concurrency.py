@@ -213,6 +213,6 @@ def test_two_processes_initialising_a_fresh_store_at_once(db_url: str) -> None:
         assert p.exitcode == 0
     with CalibrationStore(db_url) as s:
         assert s.tag_info("BOSS-6.6.4")["iovs"] == 44
-        assert [t["name"] for t in s.list_tags()][0] == "BOSS-6.6.4"
+        assert "BOSS-6.6.4" in {t["name"] for t in s.list_tags()}
         again = s.init_defaults()
         assert len(again.table.added) == 0 and len(again.table.present) == 44
