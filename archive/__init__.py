@@ -26,11 +26,13 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Sequence
-from importlib.resources import as_file, files
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import click
 from vbes.archive.bagit_io import export_bag, import_bag
 from vbes.archive.catalog import DatasetRecord, FileRecord, ReplicaRecord
 from vbes.archive.checksums import Checksums, checksum_file
@@ -58,11 +60,34 @@ __all__ = [
 ]
 
 
-def _default_demo_files() -> list[Path]:
-    """The calibration bookkeeping table shipped with vbes.calibration (until the demo hands real samples)."""
-    data = files("vbes.calibration") / "data"
-    with as_file(data) as folder:
-        return sorted(p for p in Path(folder).iterdir() if p.is_file())
+def _calibration_snapshot(settings: Any, folder: Path, scope: str) -> list[tuple[Path, str, dict[str, Any]]]:
+    """The default tag's snapshot from the configured calibration store, or (before ``calib init`` ran) the
+    calibration bookkeeping table shipped with vbes.calibration."""
+    from vbes.calibration import DEFAULT_TAG, CalibrationStore, export_snapshot
+
+    from vbes.errors import TagNotFound
+
+    with CalibrationStore.from_settings(settings) as store:
+        try:
+            summary = export_snapshot(store, DEFAULT_TAG, folder / f"{DEFAULT_TAG}.tar")
+        except TagNotFound:
+            summary = None
+    if summary is not None:
+        meta = {
+            "kind": "calibration snapshot",
+            "calibration_tag": DEFAULT_TAG,
+            "tag_state": summary["state"],
+            "manifest_sha256": summary["manifest_sha256"],
+            "provenance": "vbes demo: vbes.calibration.export_snapshot",
+        }
+        return [(Path(summary["file"]), f"{scope}:calibration/{DEFAULT_TAG}.tar", meta)]
+    click.echo(
+        f"   (no tag {DEFAULT_TAG} in the calibration store yet: archiving the bookkeeping table instead)"
+    )
+    with resources.as_file(resources.files("vbes.calibration") / "data") as data:
+        tables = sorted(p for p in Path(data).iterdir() if p.is_file())
+    meta = {"kind": "calibration bookkeeping table", "provenance": "vbes.calibration package data"}
+    return [(t, f"{scope}:calibration/{t.name}", meta) for t in tables]
 
 
 def demo_step(
@@ -71,32 +96,40 @@ def demo_step(
     scope: str = "demo",
     dataset: str | None = None,
 ) -> AuditReport:
-    """Archive ``files`` (default: the calibration bookkeeping table) under ``scope``, audit, report.
+    """``vbes demo``'s archive step: archive ``files`` (default: the calibration snapshot), audit, report.
 
-    Each file is named ``scope:<file name>`` (``scope:<sha256 prefix>/<file name>`` if that name already holds
-    other content, e.g. from an earlier demo run), collected in a dataset (default ``scope:files-<digest>``,
-    a digest of the members, so re-running with the same files is a no-op) that is then closed.
+    Each given file is named ``scope:<file name>`` (``scope:<sha256 prefix>/<file name>`` if that name already
+    holds other content, e.g. from an earlier demo run) and collected in a dataset (default
+    ``scope:files-<digest of the members>``, so re-running with the same files is a no-op) that is closed.
 
     Args:
         settings: :class:`vbes.settings.Settings` (catalog URL and tiers).
-        files: local files to archive.
+        files: local files to archive; default the default tag's calibration snapshot.
         scope: scope of the logical names.
         dataset: name of the dataset to record them in.
     """
     settings.ensure_home()
-    paths = [Path(f) for f in files] if files is not None else _default_demo_files()
-    with Archive.from_settings(settings) as archive:
+    with Archive.from_settings(settings) as archive, tempfile.TemporaryDirectory() as scratch:
+        tiers = ", ".join(f"{t.name}={t.url}" for t in archive.tiers.values())
+        click.echo(f"   catalog {archive.catalog.safe_url}; tiers {tiers}")
+        if files is None:
+            items = _calibration_snapshot(settings, Path(scratch), scope)
+        else:
+            items = [(Path(f), f"{scope}:{Path(f).name}", {"provenance": "vbes demo"}) for f in files]
         results: list[PutResult] = []
-        for path in paths:
+        for path, name, meta in items:
             try:
-                result = archive.put(path, f"{scope}:{path.name}")
+                result = archive.put(path, name, metadata=meta)
             except NameConflict:
-                result = archive.put(path, f"{scope}:{checksum_file(path).sha256[:12]}/{path.name}")
+                lname = parse_name(name)
+                prefix = checksum_file(path).sha256[:12]
+                result = archive.put(path, f"{lname.scope}:{prefix}/{lname.name}", metadata=meta)
             results.append(result)
             state = "archived" if result.created else "already archived"
-            print(
-                f"   {state:16s} {result.name}  {result.size} B  sha256={result.sha256[:16]}…  "
-                f"replicas: {', '.join(r.tier + '=' + r.state for r in result.record.replicas)}"
+            replicas = ", ".join(f"{r.tier}={r.state}" for r in result.record.replicas)
+            click.echo(
+                f"   {state:16s} {result.name}  {result.size} B  md5={result.record.md5}  "
+                f"adler32={result.record.adler32}  sha256={result.sha256[:16]}…  replicas: {replicas}"
             )
         digest = hashlib.sha256(
             "\n".join(sorted(f"{r.name} {r.sha256}" for r in results)).encode()
@@ -105,9 +138,9 @@ def demo_step(
         archive.create_dataset(did, {"created_by": "vbes demo"}, exist_ok=True)
         archive.add_to_dataset(did, [r.name for r in results])
         closed = archive.close_dataset(did)
-        print(f"   dataset {closed.did}: {len(closed.members)} files, {closed.state}")
+        click.echo(f"   dataset {closed.did}: {len(closed.members)} files, {closed.state}")
         report = archive.audit()
-        print(f"   audit: {report.summary()} -> {'OK' if report.exit_code == 0 else 'PROBLEMS'}")
+        click.echo(f"   audit: {report.summary()} -> {'OK' if report.exit_code == 0 else 'PROBLEMS'}")
         for item in report.lost:
-            print(f"   LOST: {', '.join(item['names'])} sha256={item['sha256']}: no available replica")
+            click.echo(f"   LOST: {', '.join(item['names'])} sha256={item['sha256']}: no available replica")
         return report

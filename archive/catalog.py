@@ -222,7 +222,9 @@ class Catalog:
         try:
             sa_url = sa.engine.make_url(url)
         except sa.exc.ArgumentError as exc:
-            raise ConfigError(f"archive catalog URL {url!r} is not a SQLAlchemy URL (VBES_ARCHIVE_URL)") from exc
+            raise ConfigError(
+                f"archive catalog URL {url!r} is not a SQLAlchemy URL (VBES_ARCHIVE_URL)"
+            ) from exc
         if sa_url.drivername in ("postgresql", "postgres"):
             sa_url = sa_url.set(drivername="postgresql+psycopg")  # the driver installed with vbes
         self.url = sa_url.render_as_string(hide_password=False)

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 import zlib
@@ -50,6 +51,15 @@ class Checksums:
 _DONE = object()
 
 
+def _default_threads() -> int:
+    """Helper threads for digests: one per core beyond the caller's own (which reads and writes)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, cores - 1)
+
+
 class _DigestWorker(threading.Thread):
     """Feeds chunks to one hashlib object on its own thread, in the order they were queued."""
 
@@ -79,10 +89,15 @@ class ChecksumStream:
     even when the caller fails half-way.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         self._size = 0
         self._adler = zlib.adler32(b"")
-        self._workers = [_DigestWorker("md5"), _DigestWorker("sha256")]
+        # MD5 (~0.8 GB/s) is the slowest digest, so it gets the first helper thread; SHA-256 (~2 GB/s with
+        # SHA-NI) gets one only when a third core is free: three busy threads on two cores measured slower
+        # than two (1 GiB: 2.3 s against 1.2 s).
+        n = _default_threads() if threads is None else threads
+        self._workers = [_DigestWorker(algorithm) for algorithm in ("md5", "sha256")[: max(0, min(n, 2))]]
+        self._inline = [hashlib.new(a) for a in ("md5", "sha256")[len(self._workers) :]]
         for worker in self._workers:
             worker.start()
         self._result: Checksums | None = None
@@ -93,6 +108,8 @@ class ChecksumStream:
             raise ValueError("ChecksumStream.update() after finish()")
         for worker in self._workers:
             worker.chunks.put(chunk)
+        for digest in self._inline:
+            digest.update(chunk)
         self._adler = zlib.adler32(chunk, self._adler)
         self._size += len(chunk)
 
@@ -111,7 +128,7 @@ class ChecksumStream:
             for worker in self._workers:
                 if worker.error is not None:
                     raise worker.error
-            md5, sha256 = (worker.digest.hexdigest() for worker in self._workers)
+            md5, sha256 = (d.hexdigest() for d in [w.digest for w in self._workers] + self._inline)
             self._result = Checksums(self._size, md5, f"{self._adler & 0xFFFFFFFF:08x}", sha256)
         return self._result
 

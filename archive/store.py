@@ -101,6 +101,7 @@ class AuditReport:
     repair_failed: list[dict[str, Any]] = field(default_factory=list)
     missing_replicas: list[dict[str, Any]] = field(default_factory=list)
     unchecked: list[dict[str, Any]] = field(default_factory=list)
+    unreachable_tiers: dict[str, str] = field(default_factory=dict)
     lost: list[dict[str, Any]] = field(default_factory=list)
     dark: list[dict[str, Any]] = field(default_factory=list)
     partial: list[dict[str, Any]] = field(default_factory=list)
@@ -219,7 +220,7 @@ class Archive:
         ds = as_logical_name(dataset) if dataset is not None else None
         path = Path(source)
         if not path.is_file():
-            raise NotFound(f"{path}: no such file")
+            raise NotFound(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
         meta = dict(metadata or {})
         try:
             json.dumps(meta)
@@ -237,7 +238,7 @@ class Archive:
                 raise NameConflict(
                     f"{lname} already names content sha256={existing.sha256}; {path} has sha256={sums.sha256}"
                 )
-            written = self._complete_replicas(existing, targets, path)
+            written = self._complete_replicas(existing, targets, path, str(lname))
             if ds is not None:
                 self.catalog.add_to_dataset(ds, [lname])
             return PutResult(
@@ -269,7 +270,7 @@ class Archive:
             # another process catalogued the same content or name between our lookup and insert
             created = self.catalog.add_file(lname, sums, meta, tiers=written, dataset=ds)
         record = self.catalog.file(sums.sha256)
-        written += self._complete_replicas(record, rest, None)
+        written += self._complete_replicas(record, rest, None, str(lname))
         return PutResult(
             str(lname), sums.sha256, sums.size, created, tuple(written), self.catalog.file(sums.sha256)
         )
@@ -280,7 +281,9 @@ class Archive:
         except NotFound:
             return None
 
-    def _complete_replicas(self, record: FileRecord, targets: list[Tier], source: Path | None) -> list[str]:
+    def _complete_replicas(
+        self, record: FileRecord, targets: list[Tier], source: Path | None, label: str
+    ) -> list[str]:
         """Write a replica on each target tier that has none in the catalog; returns the tiers written."""
         written = []
         for tier in targets:
@@ -294,28 +297,30 @@ class Archive:
                     self._copy_from_available(record, tier)
             except (TierError, ChecksumMismatch, FileLost, OSError) as exc:
                 raise TierError(
-                    f"{record.names[0] if record.names else record.sha256}: stored on "
-                    f"{', '.join(r.tier for r in record.replicas) or 'no tier'}, but the replica on "
-                    f"{tier.name!r} failed ({exc}); `vbes archive audit --repair` completes it"
+                    f"{label}: stored on "
+                    f"{', '.join(r.tier for r in record.replicas) or 'no tier'} but not on {tier.name!r} "
+                    f"({exc}); `vbes archive audit --repair` adds that replica once the tier works"
                 ) from exc
             self.catalog.set_replica(record.sha256, tier.name, AVAILABLE)
             written.append(tier.name)
         return written
 
     def _copy_from_available(self, record: FileRecord, target: Tier) -> None:
+        sources = [
+            self.tiers[r.tier]
+            for r in record.replicas
+            if r.state == AVAILABLE and r.tier in self.tiers and self.tiers[r.tier] is not target
+        ]
+        if not sources:
+            raise FileLost(f"sha256={record.sha256}: no available replica to copy from")
         errors = []
-        for replica in record.replicas:
-            source = self.tiers.get(replica.tier)
-            if replica.state != AVAILABLE or source is None or source is target:
-                continue
+        for source in sources:
             try:
                 self._write_verified(target, source.read_chunks(record.sha256), record.checksums)
                 return
             except (ChecksumMismatch, FileNotFoundError, TierError) as exc:
-                errors.append(f"from {source.name}: {exc}")
-        raise FileLost(
-            f"sha256={record.sha256}: no available replica to copy from ({'; '.join(errors) or 'none'})"
-        )
+                errors.append(f"copy from {source.name}: {exc}")
+        raise TierError("; ".join(errors))
 
     @staticmethod
     def _write_verified(tier: Tier, chunks: Iterable[bytes], expected: Checksums) -> None:
@@ -469,10 +474,16 @@ class Archive:
             replica = record.replica(tier.name)
             if replica is None:
                 report.missing_replicas.append({**base, "tier": tier.name})
-                to_repair.append(tier)
+                if tier.name not in report.unreachable_tiers:
+                    to_repair.append(tier)
+                continue
+            item = {**base, "tier": tier.name, "location": tier.location(record.sha256)}
+            if tier.name in report.unreachable_tiers:
+                report.unchecked.append(
+                    {**item, "reason": f"tier unreachable: {report.unreachable_tiers[tier.name]}"}
+                )
                 continue
             report.replicas_checked += 1
-            item = {**base, "tier": tier.name, "location": tier.location(record.sha256)}
             try:
                 first = self._verify(tier, record)
                 if first is None:
@@ -487,6 +498,10 @@ class Archive:
                 second = self._verify(tier, record)
             except TierError as exc:
                 report.unchecked.append({**item, "reason": str(exc)})
+                # one slow failure per tier, not one per file, when the whole endpoint is down
+                problem = tier.probe()
+                if problem is not None:
+                    report.unreachable_tiers[tier.name] = problem
                 continue
             if second is None:
                 report.replicas_ok += 1
@@ -532,6 +547,8 @@ class Archive:
                 report.repair_failed.append({**item, "reason": "; ".join(errors)})
 
     def _scan_tier(self, tier: Tier, report: AuditReport, repair: bool) -> None:
+        if tier.name in report.unreachable_tiers:
+            return
         try:
             expected = self.catalog.replica_shas(tier.name)
             for entry in tier.scan():

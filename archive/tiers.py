@@ -3,7 +3,7 @@
 Layout under a tier's root: ``ab/cd/abcd…`` (the SHA-256, fanned out by its first two bytes so no folder
 grows huge) and ``.tmp/`` for writes in progress. A write goes to ``.tmp/`` first and is renamed into place
 only when complete (after ``fsync`` on a local disk), so a reader, an audit or a crash never sees half a file
-under a content name.
+under a content name. Local replicas are read-only (mode 0444); a repair replaces them by another rename.
 
 Writers name their temporary file ``<host>-<pid>-<random>.part`` and, on a local disk, hold an exclusive
 ``flock`` on it; a temporary file whose writer is gone (lock free and process dead, e.g. after ``kill -9``) is
@@ -45,6 +45,11 @@ __all__ = ["Tier", "TierWriter", "TierEntry", "is_sha256"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TMP = ".tmp"
+_XROOTD_CLIENT_DEFAULTS = {
+    "XRD_CONNECTIONRETRY": "2",
+    "XRD_CONNECTIONWINDOW": "15",
+    "XRD_REQUESTTIMEOUT": "300",
+}
 
 
 def is_sha256(text: str) -> bool:
@@ -112,6 +117,7 @@ class TierWriter:
         tier = self.tier
         final = tier.content_path(sha256)
         if self._fd is not None:
+            os.fchmod(self._fd, 0o444)  # replicas are never modified in place: guard against accidents
             os.fsync(self._fd)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(self.tmp_path, final)
@@ -173,6 +179,11 @@ class Tier:
         self.name = name
         self.url = url
         self.stale_partial_s = stale_partial_s
+        if url.startswith(("root://", "xroot://")):
+            # the XRootD client otherwise retries an unreachable server for 10 minutes (5 x 120 s) before it
+            # reports anything; a user's setting in the environment wins
+            for variable, value in _XROOTD_CLIENT_DEFAULTS.items():
+                os.environ.setdefault(variable, value)
         try:
             # listings are never cached: an audit must see what is on the tier now, not a minute ago
             self.fs, root = fsspec.core.url_to_fs(url, use_listings_cache=False)
@@ -206,6 +217,18 @@ class Tier:
             raise
         except (OSError, RuntimeError, ValueError) as exc:
             raise TierError(f"tier {self.name!r}: cannot {action} {path}: {exc}") from exc
+
+    def probe(self) -> str | None:
+        """``None`` when the tier's root can be reached (or does not exist yet), else why not."""
+        try:
+            if self.is_local:
+                if os.path.exists(self.root) and not os.path.isdir(self.root):
+                    return f"{self.root} is not a folder"
+                return None
+            self._call("stat", self.root, lambda: self.fs.exists(self.root))
+        except TierError as exc:
+            return str(exc)
+        return None
 
     # -- reading ------------------------------------------------------------------------------------------
 

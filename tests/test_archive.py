@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from vbes.archive import Archive, checksum_file, demo_step, parse_name
-from vbes.archive.checksums import checksum_chunks
+from vbes.archive.checksums import ChecksumStream, checksum_chunks, read_chunks
 
 from vbes.errors import ChecksumMismatch, DatasetClosed, FileLost, InvalidName, NameConflict, NotFound
 from vbes.settings import load_settings
@@ -50,6 +50,11 @@ def test_checksums_agree_with_md5sum_sha256sum_and_zlib(tmp_path: Path, size: in
     for chunk_size in (1000, 8 * 1024 * 1024):  # chunk boundaries must not matter
         sums = checksum_file(path, chunk_size=chunk_size)
         assert (sums.size, sums.md5, sums.adler32, sums.sha256) == (size, md5sum, adler, sha256sum)
+    for threads in (0, 1, 2):  # nor how the digests are spread over helper threads
+        with path.open("rb") as f, ChecksumStream(threads=threads) as stream:
+            for chunk in read_chunks(f, 4096):
+                stream.update(chunk)
+            assert stream.finish() == checksum_file(path)
 
     with make_archive(tmp_path) as archive:
         record = archive.put(path, "test:sample.bin").record
@@ -192,6 +197,8 @@ def test_get_verifies_and_falls_back_to_another_replica(tmp_path: Path) -> None:
         hot = tmp_path / "hot" / sha[:2] / sha[2:4] / sha
         corrupted = bytearray(data)
         corrupted[5000] ^= 0x01
+        assert hot.stat().st_mode & 0o777 == 0o444  # stored read-only
+        hot.chmod(0o644)
         hot.write_bytes(bytes(corrupted))
         out = tmp_path / "out" / "f.bin"
         archive.get("mc:f.bin", out)
@@ -202,6 +209,7 @@ def test_get_verifies_and_falls_back_to_another_replica(tmp_path: Path) -> None:
             archive.get("mc:f.bin", out)
         # both replicas corrupt: an error, and no output file at all
         cold = tmp_path / "cold" / sha[:2] / sha[2:4] / sha
+        cold.chmod(0o644)
         cold.write_bytes(data[:-1])
         out2 = tmp_path / "out2.bin"
         with pytest.raises(ChecksumMismatch, match="mc:f.bin"):
@@ -319,8 +327,15 @@ def test_demo_step_archives_given_files_and_audits(
     assert "demo:sample0.h5" in out and "closed" in out and "audit" in out
     again = demo_step(settings, files=files, scope="demo")  # re-running changes nothing
     assert again.exit_code == 0 and "already archived" in capsys.readouterr().out
-    default = demo_step(settings)  # no files given: the calibration bookkeeping table
+    default = demo_step(settings)  # no files, no calibration tag yet: the calibration bookkeeping table
     assert default.exit_code == 0
+    from vbes.calibration import DEFAULT_TAG, CalibrationStore
+
+    with CalibrationStore.from_settings(settings) as store:
+        store.init_defaults()
+    assert demo_step(settings).exit_code == 0  # now the default tag's snapshot
     with Archive.from_settings(settings) as archive:
         names = [n for n, _ in archive.ls("demo")]
-    assert "demo:besiii-offlinedb-calibration-6.6.4.tsv" in names
+        snapshot = archive.info(f"demo:calibration/{DEFAULT_TAG}.tar")
+    assert "demo:calibration/besiii-offlinedb-calibration-6.6.4.tsv" in names
+    assert snapshot.metadata["calibration_tag"] == DEFAULT_TAG and snapshot.size % 512 == 0  # a tar file

@@ -37,6 +37,7 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def corrupt(path: Path, kind: str, rng: random.Random) -> None:
+    path.chmod(0o644)  # replicas are stored read-only
     data = bytearray(path.read_bytes())
     if kind == "bitflip":
         pos = rng.randrange(len(data))
@@ -135,8 +136,13 @@ class FlakyTier(Tier):
         super().__init__(name, url)
         self.failures = 0
         self.unreachable = False
+        self.reads = 0
+
+    def probe(self) -> str | None:
+        return "connection refused" if self.unreachable else super().probe()
 
     def read_chunks(self, sha256: str, chunk_size: int = 1 << 23) -> Iterator[bytes]:
+        self.reads += 1
         if self.unreachable:
             raise TierError(f"tier {self.name!r}: connection refused")
         chunks = super().read_chunks(sha256, chunk_size)
@@ -160,11 +166,17 @@ def test_one_faulty_read_never_marks_bad_nor_lost(tmp_path: Path) -> None:
         assert not report.bad and not report.lost and report.exit_code == 0
         assert archive.info("mc:f.bin").status == "ok"
 
-        # an unreachable tier leaves its replicas as they were and keeps the exit status non-zero
-        cold.unreachable = True
+        # an unreachable tier leaves its replicas as they were and keeps the exit status non-zero; after the
+        # first failure the tier is not asked again in this audit
+        src.write_bytes(b"second file")
+        archive.put(src, "mc:g.bin")
+        cold.unreachable, cold.reads = True, 0
         report = archive.audit()
-        assert [u["tier"] for u in report.unchecked] == ["cold"] and report.exit_code == 3
-        assert archive.info("mc:f.bin").replica("cold").state == "available"  # type: ignore[union-attr]
+        assert [u["tier"] for u in report.unchecked] == ["cold", "cold"] and report.exit_code == 3
+        assert list(report.unreachable_tiers) == ["cold"] and cold.reads == 1
+        assert not report.bad and not report.lost
+        for name in ("mc:f.bin", "mc:g.bin"):
+            assert archive.info(name).replica("cold").state == "available"  # type: ignore[union-attr]
         cold.unreachable = False
 
         # a replica flagged by a failed get is cleared by an audit that reads it intact
