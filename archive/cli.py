@@ -7,17 +7,14 @@ and ``VBES_ARCHIVE_COLD``; see :mod:`vbes.settings`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import click
 from vbes.archive.bagit_io import export_bag, import_bag
 from vbes.archive.catalog import FileRecord
 from vbes.archive.store import AUDIT_PROBLEMS_EXIT, Archive
 
-from vbes.cli import emit, progress, settings_from_context
-from vbes.errors import InvalidInput
+from vbes.cli import emit, parse_key_values, progress, settings_from_context
 
 __all__ = ["archive"]
 
@@ -26,20 +23,6 @@ def _open_archive() -> Archive:
     settings = settings_from_context()
     settings.ensure_home()
     return Archive.from_settings(settings)
-
-
-def _parse_meta(pairs: Iterable[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; a VALUE that is valid JSON (number, list, ...) is stored as such, else as text."""
-    meta: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"--meta {pair!r}: expected KEY=VALUE")
-        try:
-            meta[key] = json.loads(value)
-        except ValueError:
-            meta[key] = value
-    return meta
 
 
 def _file_line(name: str, record: FileRecord) -> str:
@@ -72,7 +55,7 @@ def put(
     as_json: bool,
 ) -> None:
     """Archive FILE under SCOPE:NAME (MD5, Adler-32 and SHA-256 in one pass; a replica on every tier)."""
-    metadata = _parse_meta(meta)
+    metadata = parse_key_values(meta)
     if parent:
         metadata["parents"] = list(parent)
     if calib_tag:
@@ -193,7 +176,7 @@ def dataset() -> None:
 def dataset_create(name: str, meta: tuple[str, ...]) -> None:
     """Create the open dataset SCOPE:NAME."""
     with _open_archive() as store:
-        record = store.create_dataset(name, _parse_meta(meta))
+        record = store.create_dataset(name, parse_key_values(meta))
     click.echo(f"dataset {record.did} created (open)")
 
 

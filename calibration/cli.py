@@ -23,7 +23,7 @@ import click
 import numpy as np
 import yaml
 
-from vbes.cli import emit, settings_from_context
+from vbes.cli import emit, parse_key_values, settings_from_context
 from vbes.errors import InvalidInput
 
 from .bookkeeping import DEFAULT_AUTHOR, import_bookkeeping
@@ -207,19 +207,6 @@ def _read_constants(path: Path) -> dict[str, Any]:
     return value
 
 
-def _parse_meta(items: tuple[str, ...]) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"--meta {item!r}: expected KEY=VALUE")
-        try:
-            meta[key] = json.loads(value)
-        except ValueError:
-            meta[key] = value
-    return meta
-
-
 @payload_group.command("put")
 @click.argument("payload_type")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -238,7 +225,7 @@ def payload_put(payload_type: str, file: Path, serno: int | None, stver: str | N
         raise InvalidInput("--tag needs --first and --last")
     if tag is None and (first is not None or last is not None):
         raise InvalidInput("--first/--last need --tag")
-    metadata = _parse_meta(meta)
+    metadata = parse_key_values(meta)
     for key, value in (("serno", serno), ("stver", stver), ("author", author)):
         if value is not None:
             metadata[key] = value

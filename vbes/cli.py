@@ -21,7 +21,7 @@ import click
 
 from vbes.errors import VbesError
 
-__all__ = ["main", "cli", "emit", "progress", "settings_from_context"]
+__all__ = ["main", "cli", "emit", "progress", "parse_key_values", "settings_from_context"]
 
 T = TypeVar("T")
 
@@ -91,6 +91,27 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
             click.echo(f"{str(key).ljust(width)}  {value}")
     else:
         click.echo(str(obj))
+
+
+def parse_key_values(pairs: Iterable[str], option: str = "--meta") -> dict[str, Any]:
+    """``KEY=VALUE`` options as a dict; a VALUE that is valid JSON (number, list, ...) is kept as such.
+
+    Example:
+        >>> parse_key_values(["serno=257", "stver=6.6.2b"])
+        {'serno': 257, 'stver': '6.6.2b'}
+    """
+    from vbes.errors import InvalidInput
+
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"{option} {pair!r}: expected KEY=VALUE")
+        try:
+            values[key] = json.loads(value)
+        except ValueError:
+            values[key] = value
+    return values
 
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
