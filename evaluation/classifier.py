@@ -101,7 +101,9 @@ def classifier_test(
     sample = np.asarray(sample, dtype=np.float32)
     reference = np.asarray(reference, dtype=np.float32)
     if sample.ndim != 2 or reference.ndim != 2 or sample.shape[1] != reference.shape[1]:
-        raise InvalidInput(f"classifier_test needs two 2-D arrays with equal columns; got {sample.shape}, {reference.shape}")
+        raise InvalidInput(
+            f"classifier_test needs two 2-D arrays with equal columns; got {sample.shape}, {reference.shape}"
+        )
     if n_folds < 2:
         raise InvalidInput(f"classifier_test needs n_folds >= 2, got {n_folds}")
     n = min(len(sample), len(reference))
@@ -134,7 +136,7 @@ def classifier_test(
         scores[test] = model.predict_proba(x[test])[:, 1]
         fold_aucs.append(float(roc_auc_score(y[test], scores[test])))
         iterations.append(int(model.n_iter_))
-        gain += _split_counts(model, x.shape[1])
+        gain += _split_gains(model, x.shape[1])
     auc = float(roc_auc_score(y, scores))
     names = feature_names or [f"x{i}" for i in range(x.shape[1])]
     total = gain.sum()
@@ -152,12 +154,12 @@ def classifier_test(
     )
 
 
-def _split_counts(model: HistGradientBoostingClassifier, n_features: int) -> np.ndarray:
-    # How often each feature is split on: a cheap importance that says which feature gave A away.
-    counts = np.zeros(n_features)
+def _split_gains(model: HistGradientBoostingClassifier, n_features: int) -> np.ndarray:
+    # Total split gain per feature: a cheap importance that says which feature gave A away.
+    gains = np.zeros(n_features)
     for predictors in getattr(model, "_predictors", []):  # sklearn exposes no public split table
         for predictor in predictors:
             nodes = predictor.nodes
-            used = nodes["feature_idx"][~nodes["is_leaf"].astype(bool)]
-            counts += np.bincount(used, minlength=n_features)
-    return counts
+            split = ~nodes["is_leaf"].astype(bool)
+            gains += np.bincount(nodes["feature_idx"][split], weights=nodes["gain"][split], minlength=n_features)
+    return gains

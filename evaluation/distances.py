@@ -33,10 +33,10 @@ __all__ = [
     "MIN_EVENTS_FPD",
     "MIN_EVENTS_KPD",
     "DistanceResult",
-    "standardise_on_reference",
-    "frechet_distance",
     "fpd",
+    "frechet_distance",
     "kpd",
+    "standardise_on_reference",
 ]
 
 #: per sample; with fewer, the batch sizes of the 1/N extrapolation become too small for a 20-feature covariance
@@ -108,7 +108,9 @@ def fpd(
     b = _as_finite_2d(reference, "reference")
     n = min(len(a), len(b))
     if n < MIN_EVENTS_FPD:
-        raise InsufficientSample(f"FPD needs at least {MIN_EVENTS_FPD} complete events per sample; got {len(a)} and {len(b)}")
+        raise InsufficientSample(
+            f"FPD needs at least {MIN_EVENTS_FPD} complete events per sample; got {len(a)} and {len(b)}"
+        )
     a, b = standardise_on_reference(a, b)
     max_batch = max_batch or min(n, 50_000)
     min_batch = min_batch or min(max(n // 5, 1000), 20_000)
@@ -121,8 +123,12 @@ def fpd(
             xa = a[rng.integers(0, len(a), size)]
             xb = b[rng.integers(0, len(b), size)]
             values.append(
-                frechet_distance(xa.mean(0), np.atleast_2d(np.cov(xa, rowvar=False)),
-                                 xb.mean(0), np.atleast_2d(np.cov(xb, rowvar=False)))
+                frechet_distance(
+                    xa.mean(0),
+                    np.atleast_2d(np.cov(xa, rowvar=False)),
+                    xb.mean(0),
+                    np.atleast_2d(np.cov(xb, rowvar=False)),
+                )
             )
         means.append(np.mean(values))
     (intercept, _slope), cov = optimize.curve_fit(
@@ -189,7 +195,9 @@ def kpd(
     b = _as_finite_2d(reference, "reference")
     n = min(len(a), len(b))
     if n < MIN_EVENTS_KPD:
-        raise InsufficientSample(f"KPD needs at least {MIN_EVENTS_KPD} complete events per sample; got {len(a)} and {len(b)}")
+        raise InsufficientSample(
+            f"KPD needs at least {MIN_EVENTS_KPD} complete events per sample; got {len(a)} and {len(b)}"
+        )
     a, b = standardise_on_reference(a, b)
     size = min(batch_size, n)
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ Each returns a new ``{table: {field: array}}`` batch and leaves its input untouc
   divided by it);
 * :func:`widen_resolution` -- a resolution that is ``factor`` times worse, applied with the truth:
   ``reco' = truth + factor * (reco - truth)`` for each truth-matched track's momentum vector and each matched
-  shower's energy;
+  photon or electron shower's energy;
 * :func:`shuffle_tracks` -- a broken correlation: the momentum vectors of the tracks of one charge are permuted
   across events, so every single-track distribution is unchanged but the two tracks no longer belong together.
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["scale_momenta", "widen_resolution", "shuffle_tracks"]
+__all__ = ["scale_momenta", "shuffle_tracks", "widen_resolution"]
 
 Tables = dict[str, dict[str, np.ndarray]]
 
@@ -28,8 +28,13 @@ def _copy(tables: Mapping[str, Mapping[str, np.ndarray]]) -> Tables:
     return {t: {k: np.array(v, copy=True) for k, v in cols.items()} for t, cols in tables.items()}
 
 
-def _set_momentum(tracks: dict[str, np.ndarray], px: np.ndarray, py: np.ndarray, pz: np.ndarray,
-                  rows: np.ndarray | slice = slice(None)) -> None:
+def _set_momentum(
+    tracks: dict[str, np.ndarray],
+    px: np.ndarray,
+    py: np.ndarray,
+    pz: np.ndarray,
+    rows: np.ndarray | slice = slice(None),
+) -> None:
     # keep p, angles and the helix consistent with the new momentum vector
     pt = np.hypot(px, py)
     p = np.sqrt(pt**2 + pz**2)
@@ -67,8 +72,8 @@ def _truth_rows(tables: Mapping[str, Mapping[str, np.ndarray]], table: str, coun
 def widen_resolution(tables: Mapping[str, Mapping[str, np.ndarray]], factor: float = 1.2) -> Tables:
     """Resolution ``factor`` times worse, using the truth: ``reco' = truth + factor * (reco - truth)``.
 
-    Applied to truth-matched tracks (momentum vector) and truth-matched showers (energy); unmatched objects
-    are unchanged.
+    Applied to truth-matched tracks (momentum vector) and showers of truth-matched photons and electrons
+    (energy); other objects are unchanged.
     """
     out = _copy(tables)
     truth = out["truth"]
@@ -83,7 +88,10 @@ def widen_resolution(tables: Mapping[str, Mapping[str, np.ndarray]], factor: flo
     _set_momentum(tracks, *new, rows=np.flatnonzero(matched))
     showers = out["showers"]
     rows = _truth_rows(out, "showers", "n_showers")
+    # electromagnetic showers only: a muon's or hadron's deposit is not a measurement of its truth energy
+    pdg = np.abs(np.asarray(truth["pdg"]))
     matched = rows >= 0
+    matched[matched] = np.isin(pdg[rows[matched]], (11, 22))
     reco = np.asarray(showers["energy"], dtype=np.float64)[matched]
     true = np.asarray(truth["e"], dtype=np.float64)[rows[matched]]
     showers["energy"][matched] = np.clip(true + factor * (reco - true), 1e-4, None).astype(showers["energy"].dtype)

@@ -38,30 +38,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from vbes.datasets.schema import CHANNELS, HYPOTHESES, HYPOTHESIS_MASSES
+
 from vbes.errors import InvalidInput
 
 __all__ = [
-    "JPSI_MASS",
-    "PI0_MASS",
-    "KS_MASS",
-    "CROSSING_ANGLE",
     "CHANNEL_FEATURES",
-    "TRACK_VARIABLES",
+    "CROSSING_ANGLE",
+    "JPSI_MASS",
+    "KS_MASS",
+    "PI0_MASS",
     "SHOWER_VARIABLES",
+    "TRACK_VARIABLES",
     "FeatureTable",
     "Objects",
-    "feature_table",
-    "table_from_array",
+    "boost_to_rest_frame",
     "channel_of",
+    "derived_quantities",
+    "feature_table",
+    "good_photon_mask",
+    "invariant_mass",
+    "jpsi_four_momentum",
+    "mass_squared",
     "object_slots",
     "slot_values",
-    "derived_quantities",
-    "good_photon_mask",
-    "jpsi_four_momentum",
-    "invariant_mass",
-    "boost_to_rest_frame",
+    "table_from_array",
 ]
 
 #: PDG masses in GeV/c^2
@@ -72,7 +73,14 @@ KS_MASS = 0.497611
 CROSSING_ANGLE = 0.011
 
 TRACK_VARIABLES = (
-    "p", "cos_theta", "phi", "dedx", *(f"chi_dedx_{h}" for h in HYPOTHESES), "tof", "e_over_p", "muc_depth",
+    "p",
+    "cos_theta",
+    "phi",
+    "dedx",
+    *(f"chi_dedx_{h}" for h in HYPOTHESES),
+    "tof",
+    "e_over_p",
+    "muc_depth",
 )
 SHOWER_VARIABLES = ("energy", "cos_theta", "phi", "time", "n_crystals", "e3x3_over_e5x5", "lat_moment")
 
@@ -81,8 +89,8 @@ CHANNEL_FEATURES: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "ee": (2, 2, ("m_ll", "p_cm_plus", "p_cm_minus")),
     "mumu": (2, 2, ("m_ll", "p_cm_plus", "p_cm_minus")),
     "ppbar": (2, 2, ("m_ll", "p_cm_plus", "p_cm_minus")),
-    "rhopi": (2, 3, ("m_gg", "m_pipi", "m_pip_pi0", "m_pim_pi0", "m_recoil_pipi", "m_all")),
-    "kskpi": (4, 2, ("m_ks", "m_recoil_kpi", "m_all")),
+    "rhopi": (2, 3, ("m_gg", "m_pipi", "m_pip_pi0", "m_pim_pi0", "m2_recoil_pipi", "m_all")),
+    "kskpi": (4, 2, ("m_ks", "m2_recoil_kpi", "m_all")),
     "inclusive": (4, 4, ("e_visible", "m_visible")),
 }
 
@@ -101,9 +109,7 @@ _RESOLUTION_RULES: dict[str, tuple[str, float]] = {
     "e_over_p": ("absolute", 0.025),
     **{f"chi_dedx_{h}": ("absolute", 1.0) for h in HYPOTHESES},
     "m_gg": ("absolute", 0.006),
-    "m_recoil_pipi": ("absolute", 0.006),
     "m_ks": ("absolute", 0.0025),
-    "m_recoil_kpi": ("absolute", 0.0025),
     "m_ll": ("relative", 0.005),
     "p_cm_plus": ("relative", 0.005),
     "p_cm_minus": ("relative", 0.005),
@@ -273,11 +279,16 @@ def jpsi_four_momentum() -> np.ndarray:
     return np.array([np.hypot(JPSI_MASS, px), px, 0.0, 0.0])
 
 
+def mass_squared(*four_momenta: np.ndarray) -> np.ndarray:
+    """Squared invariant mass of the sum of four-momenta ``(..., 4)`` = (E, px, py, pz); may be negative."""
+    total = np.sum(four_momenta, axis=0)
+    return total[..., 0] ** 2 - np.sum(total[..., 1:] ** 2, axis=-1)
+
+
 def invariant_mass(*four_momenta: np.ndarray) -> np.ndarray:
     """Invariant mass of the sum of four-momenta ``(..., 4)`` = (E, px, py, pz); NaN propagates."""
-    total = np.sum(four_momenta, axis=0)
-    m2 = total[..., 0] ** 2 - np.sum(total[..., 1:] ** 2, axis=-1)
-    return np.sqrt(np.clip(m2, 0, None)) * np.where(np.isnan(m2), np.nan, 1.0)
+    m2 = mass_squared(*four_momenta)
+    return np.sqrt(np.clip(m2, 0, None))
 
 
 def boost_to_rest_frame(p4: np.ndarray, frame: np.ndarray) -> np.ndarray:
@@ -314,15 +325,17 @@ def _slot_p4(p4: np.ndarray, event: np.ndarray, rank: np.ndarray, k: int, n_even
     return np.column_stack([slot_values(p4[:, i], event, rank, k, n_events) for i in range(4)])
 
 
-def derived_quantities(tables: Mapping[str, Mapping[str, np.ndarray]], channel: str,
-                       objects: Objects | None = None) -> dict[str, np.ndarray]:
+def derived_quantities(
+    tables: Mapping[str, Mapping[str, np.ndarray]], channel: str, objects: Objects | None = None
+) -> dict[str, np.ndarray]:
     """The channel's derived per-event quantities (NaN where the event lacks the objects).
 
     ``m_ll``: mass of the two leading tracks (e, mu or p hypothesis), ``p_cm_plus/minus``: their momenta in the
     J/psi frame; ``m_gg``: the two leading good photons; ``m_pipi``, ``m_pip_pi0``, ``m_pim_pi0``: pi+pi-,
-    pi+(gg), pi-(gg); ``m_recoil_pipi``: mass recoiling against pi+pi- in the J/psi frame; ``m_all``: every
+    pi+(gg), pi-(gg); ``m2_recoil_pipi``: squared mass recoiling against pi+pi- (squared: its resolution near
+    the pi0 mass is wider than the mass itself, so it goes negative); ``m_all``: every
     selected final-state particle (the J/psi mass); ``m_ks``: the opposite-charge pion pair nearest the K_S mass,
-    ``m_recoil_kpi``: the mass recoiling against the other two tracks (K by dE/dx, pi); ``e_visible``,
+    ``m2_recoil_kpi``: the squared mass recoiling against the other two tracks (K by dE/dx, pi); ``e_visible``,
     ``m_visible``: sums over all tracks (pi hypothesis) and unmatched good photons.
     """
     objects = objects or object_slots(tables)
@@ -358,7 +371,7 @@ def derived_quantities(tables: Mapping[str, Mapping[str, np.ndarray]], channel: 
         out["m_pipi"] = np.where(ok, invariant_mass(pip, pim), np.nan)
         out["m_pip_pi0"] = np.where(ok, invariant_mass(pip, pi0), np.nan)
         out["m_pim_pi0"] = np.where(ok, invariant_mass(pim, pi0), np.nan)
-        out["m_recoil_pipi"] = np.where(ok, invariant_mass(jpsi - pip - pim), np.nan)
+        out["m2_recoil_pipi"] = np.where(ok, mass_squared(jpsi - pip - pim), np.nan)
         out["m_all"] = np.where(ok, invariant_mass(pip, pim, pi0), np.nan)
     elif channel == "kskpi":
         pi4 = _track_p4(tables, _PION_MASS)
@@ -385,9 +398,9 @@ def derived_quantities(tables: Mapping[str, Mapping[str, np.ndarray]], channel: 
                 pion = np.where(k_first[:, None], slots[rest[1]], slots[rest[0]])
                 best = np.where(better, np.abs(m - KS_MASS), best)
                 m_ks = np.where(better, m, m_ks)
-                recoil = np.where(better, invariant_mass(jpsi - kaon - pion), recoil)
+                recoil = np.where(better, mass_squared(jpsi - kaon - pion), recoil)
                 m_all = np.where(better, invariant_mass(slots[i], slots[j], kaon, pion), m_all)
-        out["m_ks"], out["m_recoil_kpi"], out["m_all"] = m_ks, recoil, m_all
+        out["m_ks"], out["m2_recoil_kpi"], out["m_all"] = m_ks, recoil, m_all
     else:
         p4 = _track_p4(tables, _PION_MASS)
         g4 = _shower_p4(tables)[objects.photon]
@@ -402,7 +415,7 @@ def derived_quantities(tables: Mapping[str, Mapping[str, np.ndarray]], channel: 
 def _track_variable(tables: Mapping[str, Mapping[str, np.ndarray]], name: str) -> np.ndarray:
     tracks = tables["tracks"]
     if name.startswith("chi_dedx_"):
-        return np.asarray(tracks["chi_dedx"], dtype=np.float64)[:, HYPOTHESES.index(name[len("chi_dedx_"):])]
+        return np.asarray(tracks["chi_dedx"], dtype=np.float64)[:, HYPOTHESES.index(name[len("chi_dedx_") :])]
     if name == "e_over_p":
         p = np.asarray(tracks["p"], dtype=np.float64)
         return np.asarray(tracks["emc_energy"], dtype=np.float64) / np.where(p > 0, p, np.nan)
@@ -419,8 +432,7 @@ def _shower_variable(tables: Mapping[str, Mapping[str, np.ndarray]], name: str) 
     return np.asarray(showers[name], dtype=np.float64)
 
 
-_UNITS = {"p": "GeV/c", "phi": "rad", "tof": "ns", "muc_depth": "cm", "energy": "GeV", "time": "ns",
-          "e_visible": "GeV"}
+_UNITS = {"p": "GeV/c", "phi": "rad", "tof": "ns", "muc_depth": "cm", "energy": "GeV", "time": "ns", "e_visible": "GeV"}
 
 
 def feature_table(tables: Mapping[str, Mapping[str, np.ndarray]], channel: str | None = None) -> FeatureTable:
@@ -458,7 +470,9 @@ def feature_table(tables: Mapping[str, Mapping[str, np.ndarray]], channel: str |
                 rules[name] = _RESOLUTION_RULES[var]
     for name, values in derived_quantities(tables, channel, objects).items():
         columns[name] = values
-        units[name] = _UNITS.get(name, "GeV/c" if name.startswith("p_") else "GeV/c^2")
+        units[name] = _UNITS.get(
+            name, "GeV/c" if name.startswith("p_") else "GeV^2/c^4" if name.startswith("m2_") else "GeV/c^2"
+        )
         if name in _RESOLUTION_RULES:
             rules[name] = _RESOLUTION_RULES[name]
     names = tuple(columns)

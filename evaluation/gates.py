@@ -28,6 +28,7 @@ import datetime as _dt
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -40,8 +41,15 @@ import yaml
 
 from vbes.errors import ConfigError, GateFailed, NotFound
 
-__all__ = ["DEFAULT_GATE_FILE", "GateOutcome", "load_gates", "gate_file_sha256", "check_gates", "promote",
-           "PRODUCTION_ALIAS"]
+__all__ = [
+    "DEFAULT_GATE_FILE",
+    "PRODUCTION_ALIAS",
+    "GateOutcome",
+    "check_gates",
+    "gate_file_sha256",
+    "load_gates",
+    "promote",
+]
 
 #: the alias that marks the version a service should use
 PRODUCTION_ALIAS = "production"
@@ -113,8 +121,12 @@ class GateOutcome:
         return asdict(self)
 
 
-def check_gates(flat: Mapping[str, float], gate_file: str | os.PathLike[str] | None = None,
-                family: str | None = None, channel: str = "") -> GateOutcome:
+def check_gates(
+    flat: Mapping[str, float],
+    gate_file: str | os.PathLike[str] | None = None,
+    family: str | None = None,
+    channel: str = "",
+) -> GateOutcome:
     """Apply the gates of ``family`` (default: the file's ``default_family``) for ``channel`` to the metrics.
 
     Args:
@@ -132,21 +144,29 @@ def check_gates(flat: Mapping[str, float], gate_file: str | os.PathLike[str] | N
     if family not in data["families"]:
         raise ConfigError(f"gate file {path}: no family {family!r}; known: {', '.join(data['families'])}")
     channels = data["families"][family]
-    gates = list(channels.get("default", [])) + (list(channels.get(channel, [])) if channel and channel != "default"
-                                                 else [])
+    gates = list(channels.get("default", [])) + (
+        list(channels.get(channel, [])) if channel and channel != "default" else []
+    )
     rows: list[dict[str, Any]] = []
     for gate in gates:
         label = gate.get("name") or gate["metric"]
         matches = sorted(name for name in flat if fnmatch.fnmatchcase(name, gate["metric"]))
         if not matches:
-            rows.append({"gate": label, "metric": gate["metric"], "value": None, "bound": _bound(gate),
-                         "passed": bool(gate.get("optional", False)),
-                         "note": "no metric matches this pattern"})
+            rows.append(
+                {
+                    "gate": label,
+                    "metric": gate["metric"],
+                    "value": None,
+                    "bound": _bound(gate),
+                    "passed": bool(gate.get("optional", False)),
+                    "note": "no metric matches this pattern",
+                }
+            )
             continue
         for name in matches:
             value = float(flat[name])
             judged = abs(value) if gate.get("abs") else value
-            ok = value == value  # NaN never passes
+            ok = not math.isnan(value)  # NaN never passes
             if "min" in gate:
                 ok = ok and judged >= gate["min"]
             if "max" in gate:
@@ -176,8 +196,15 @@ class PromotionResult:
     artifact_path: str | None
 
 
-def promote(model_name: str, version: str | int, evaluation: Any, gate_file: str | os.PathLike[str] | None = None,
-            tracking_uri: str | None = None, family: str | None = None, channel: str | None = None) -> PromotionResult:
+def promote(
+    model_name: str,
+    version: str | int,
+    evaluation: Any,
+    gate_file: str | os.PathLike[str] | None = None,
+    tracking_uri: str | None = None,
+    family: str | None = None,
+    channel: str | None = None,
+) -> PromotionResult:
     """Move ``models:/<model_name>@production`` to ``version`` only if the evaluation passes every gate.
 
     Either way the evaluation is recorded on the model version: ``evaluation.json`` (every number plus the gate
@@ -201,7 +228,6 @@ def promote(model_name: str, version: str | int, evaluation: Any, gate_file: str
     """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
     from vbes.evaluation.suite import Evaluation, flatten
 
     if isinstance(evaluation, Evaluation):
@@ -244,13 +270,15 @@ def promote(model_name: str, version: str | int, evaluation: Any, gate_file: str
         "vbes.evaluation.n_tests": str(data.get("n_tests", "")),
         "vbes.evaluation.n_failed_gates": str(len(outcome.failed)),
         "vbes.evaluation.artifacts": f"runs:/{model_version.run_id}/{artifact_path}" if artifact_path else "",
-        "vbes.evaluation.time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "vbes.evaluation.time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
     if not outcome.passed:
         names = ", ".join(sorted({f"{g['gate']} ({g['metric']})" for g in outcome.failed})[:5])
-        raise GateFailed(f"model {model_name} version {version} failed {len(outcome.failed)} gate check(s) of family "
-                         f"{outcome.family!r}: {names}; alias {PRODUCTION_ALIAS!r} not moved")
+        raise GateFailed(
+            f"model {model_name} version {version} failed {len(outcome.failed)} gate check(s) of family "
+            f"{outcome.family!r}: {names}; alias {PRODUCTION_ALIAS!r} not moved"
+        )
     client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, version)
     return PromotionResult(model_name, version, True, outcome, artifact_path)

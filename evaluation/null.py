@@ -6,16 +6,17 @@ reference-vs-reference pair. Each test is then reported as its value, the null's
 
 * tests with a known null distribution (KS, chi2, the classifier AUC, observable z-scores) pass when their
   p-value is at least ``alpha / m``;
-* distances without one (W1, separation power, correlation difference, FPD, KPD) pass when the value lies below
-  the null's one-sided prediction bound ``mean + t(1 - alpha/m; K-1) * std * sqrt(1 + 1/K)`` from the K null
-  values (Student's t, because the spread itself is estimated from only K splits).
+* distances without one (W1, correlation differences, FPD, KPD) pass when the value lies below the null's
+  one-sided prediction bound ``mean + t(1 - alpha/m; K-1) * std * sqrt(1 + 1/K)`` from the K null values
+  (Student's t, because the spread itself is estimated from only K splits; computed on the logarithms for
+  strictly positive statistics, whose nulls are right-skewed).
 
 ``m`` is the number of tests run: the Bonferroni trials factor keeps the probability that a sample drawn from the
 reference fails *any* test at most ``alpha`` (family-wise). The null splits also check the p-value tests: their
 values on the splits should scatter as the assumed null says (e.g. observable z-scores with mean 0 and spread 1).
 
 Example:
-    >>> results = calibrate({"w1": TestValue(0.5, None)}, [{"w1": TestValue(v, None)} for v in (0.4, 0.6, 0.5)],
+    >>> results = calibrate({"w1": MetricValue(0.5, None)}, [{"w1": MetricValue(v, None)} for v in (0.4, 0.6, 0.5)],
     ...                     alpha=0.05)
     >>> results[0].passed
     True
@@ -32,11 +33,11 @@ from scipy import stats
 
 from vbes.errors import InsufficientSample
 
-__all__ = ["TestValue", "TestResult", "null_splits", "empirical_threshold", "calibrate"]
+__all__ = ["MetricResult", "MetricValue", "calibrate", "empirical_threshold", "null_splits"]
 
 
 @dataclass(frozen=True)
-class TestValue:
+class MetricValue:
     """One test's outcome on one pair of samples.
 
     Args:
@@ -51,7 +52,7 @@ class TestValue:
 
 
 @dataclass
-class TestResult:
+class MetricResult:
     """A test's value with its null calibration and verdict."""
 
     name: str
@@ -87,17 +88,29 @@ def null_splits(n_reference: int, size: int, n_trials: int, seed: int = 0) -> li
 
 
 def empirical_threshold(null_values: Sequence[float], level: float) -> float:
-    """One-sided upper prediction bound at confidence ``1 - level`` for one more draw from the null."""
+    """One-sided upper prediction bound at confidence ``1 - level`` for one more draw from the null.
+
+    Strictly positive statistics (W1, correlation differences, FPD) have right-skewed nulls; for them the bound
+    is computed on the logarithms (a log-normal null), otherwise on the values (a normal null).
+    """
     values = np.asarray(null_values, dtype=np.float64)
     k = values.size
     if k < 2:
         raise InsufficientSample(f"an empirical null needs at least 2 splits; got {k}")
-    spread = values.std(ddof=1)
-    return float(values.mean() + stats.t.ppf(1 - level, k - 1) * spread * np.sqrt(1 + 1 / k))
+    factor = stats.t.ppf(1 - level, k - 1) * np.sqrt(1 + 1 / k)
+    # (values spanning many decades -- e.g. a W1 that is 0 up to rounding -- stay linear)
+    if np.all(values > 0) and values.max() < 1e6 * values.min():
+        logs = np.log(values)
+        return float(np.exp(min(logs.mean() + factor * logs.std(ddof=1), 700.0)))
+    return float(values.mean() + factor * values.std(ddof=1))
 
 
-def calibrate(tests: Mapping[str, TestValue], null_runs: Sequence[Mapping[str, TestValue]],
-              alpha: float = 0.05, n_tests: int | None = None) -> list[TestResult]:
+def calibrate(
+    tests: Mapping[str, MetricValue],
+    null_runs: Sequence[Mapping[str, MetricValue]],
+    alpha: float = 0.05,
+    n_tests: int | None = None,
+) -> list[MetricResult]:
     """Attach null calibration and pass/fail to every test.
 
     Args:
@@ -121,6 +134,18 @@ def calibrate(tests: Mapping[str, TestValue], null_runs: Sequence[Mapping[str, T
             decision = "value <= null prediction bound"
             threshold = empirical_threshold(null_values, level)
             passed = test.value <= threshold
-        results.append(TestResult(name, float(test.value), test.pvalue, decision, null_values, mean, std,
-                                  float(threshold), bool(passed), dict(test.details)))
+        results.append(
+            MetricResult(
+                name,
+                float(test.value),
+                test.pvalue,
+                decision,
+                null_values,
+                mean,
+                std,
+                float(threshold),
+                bool(passed),
+                dict(test.details),
+            )
+        )
     return results

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-
 from vbes.evaluation.metrics import fixed_bins
-from vbes.evaluation.observables import fit_peak
+from vbes.evaluation.observables import fit_peak, peak_range
 from vbes.evaluation.suite import Evaluation, Sample
 
-__all__ = ["write_report", "write_json", "render_html"]
+from vbes.errors import InsufficientSample
+
+__all__ = ["render_html", "write_json", "write_report"]
 
 _PANELS = 16  # feature histograms per figure (4 x 4)
 
@@ -37,8 +38,17 @@ def _style() -> Any:
     import mplhep
 
     style = dict(mplhep.style.ROOT)
-    style.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7,
-                  "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.dpi": 80})
+    style.update(
+        {
+            "font.size": 9,
+            "axes.titlesize": 9,
+            "axes.labelsize": 9,
+            "legend.fontsize": 7,
+            "xtick.labelsize": 7,
+            "ytick.labelsize": 7,
+            "figure.dpi": 80,
+        }
+    )
     return matplotlib.style.context(style)
 
 
@@ -48,12 +58,14 @@ def _png(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _hist_pair(ax: Any, a: np.ndarray, b: np.ndarray, title: str, unit: str) -> None:
+def _hist_pair(
+    ax: Any, a: np.ndarray, b: np.ndarray, title: str, unit: str, limits: tuple[float, float] | None = None
+) -> None:
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if b.size == 0:
         ax.set_title(f"{title} (absent)")
         return
-    edges = fixed_bins(b)[1:-1]
+    edges = fixed_bins(b)[1:-1] if limits is None else np.linspace(*limits, 61)
     if edges.size < 2:
         return
     ax.hist(b, bins=edges, histtype="stepfilled", alpha=0.35, density=True, label="reference", color="tab:blue")
@@ -76,9 +88,10 @@ def _feature_figures(evaluation: Evaluation, samples: tuple[Sample, Sample]) -> 
             i = names.index(name)
             summary = evaluation.features.get(name, {})
             flag = "" if summary.get("passed", True) else " [FAIL]"
-            _hist_pair(ax, a.features.values[:, i], b.features.values[:, i], f"{name}{flag}",
-                       a.features.units.get(name, ""))
-        for ax in axes.ravel()[len(chunk):]:
+            _hist_pair(
+                ax, a.features.values[:, i], b.features.values[:, i], f"{name}{flag}", a.features.units.get(name, "")
+            )
+        for ax in axes.ravel()[len(chunk) :]:
             ax.set_visible(False)
         axes.ravel()[0].legend()
         fig.tight_layout()
@@ -158,21 +171,31 @@ def _observable_figures(evaluation: Evaluation, samples: tuple[Sample, Sample]) 
             continue
         va, vb = np.asarray(obs_a.values).ravel(), np.asarray(obs_b.values).ravel()
         if obs_a.kind == "fraction":
-            fa, fb = np.nanmean(va) if np.isfinite(va).any() else np.nan, np.nanmean(vb) if np.isfinite(vb).any() else np.nan
+            fa, fb = (
+                np.nanmean(va) if np.isfinite(va).any() else np.nan,
+                np.nanmean(vb) if np.isfinite(vb).any() else np.nan,
+            )
             ax.bar(["reference", "sample"], [fb, fa], color=["tab:blue", "tab:red"], alpha=0.6)
             ax.set_title(obs_a.name)
         else:
-            _hist_pair(ax, va, vb, obs_a.name, obs_a.unit)
+            limits = (obs_a.window if obs_a.window else peak_range(vb)) if obs_a.kind == "peak" else None
+            _hist_pair(ax, va, vb, obs_a.name, obs_a.unit, limits)
             if obs_a.kind == "peak":
                 for values, color in ((va, "tab:red"), (vb, "tab:blue")):
                     try:
-                        fit = fit_peak(values)
-                    except Exception:  # a failed fit is reported by the tests, the figure just omits it
-                        continue
+                        fit = fit_peak(values, window=obs_a.window)
+                    except (InsufficientSample, RuntimeError, ValueError):
+                        continue  # a failed fit is reported by the tests; the figure just omits its line
                     ax.axvline(fit.position, color=color, linestyle=":", linewidth=1)
-                    ax.text(0.02, 0.95 if color == "tab:blue" else 0.85,
-                            f"{fit.position:.5g} +- {fit.position_error:.2g}, sigma {fit.width:.3g}",
-                            transform=ax.transAxes, color=color, fontsize=7, va="top")
+                    ax.text(
+                        0.02,
+                        0.95 if color == "tab:blue" else 0.85,
+                        f"{fit.position:.5g} +- {fit.position_error:.2g}, sigma {fit.width:.3g}",
+                        transform=ax.transAxes,
+                        color=color,
+                        fontsize=7,
+                        va="top",
+                    )
                 if obs_a.expected is not None:
                     ax.axvline(obs_a.expected, color="black", linewidth=0.8, label="PDG")
             ax.legend(loc="upper right")
@@ -189,8 +212,9 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def render_html(evaluation: Evaluation, gate_outcome: dict[str, Any] | None = None,
-                samples: tuple[Sample, Sample] | None = None) -> str:
+def render_html(
+    evaluation: Evaluation, gate_outcome: dict[str, Any] | None = None, samples: tuple[Sample, Sample] | None = None
+) -> str:
     """The report as one HTML string (figures embedded)."""
     samples = samples or evaluation.samples
     data = evaluation.as_dict()
@@ -203,32 +227,47 @@ def render_html(evaluation: Evaluation, gate_outcome: dict[str, Any] | None = No
         ".fail{background:#fdd} .pass{background:#efe} img{max-width:100%} h2{margin-top:1.5em}",
         "</style></head><body>",
         f"<h1>Evaluation: <span style='color:{colour}'>{verdict}</span></h1>",
-        f"<p>channel <b>{html.escape(evaluation.channel or 'numeric table')}</b>; sample "
-        f"{html.escape(str(evaluation.sample_info.get('path', 'in memory')))} ({evaluation.n_sample} events), reference "
-        f"{html.escape(str(evaluation.reference_info.get('path', 'in memory')))} ({evaluation.n_reference} events).</p>",
-        f"<p>{evaluation.n_used} events per sample in every metric but the classifier ({evaluation.n_classifier} per "
-        f"sample, {evaluation.config.classifier_folds}-fold). Null: {evaluation.config.null_trials} disjoint "
-        f"reference-vs-reference splits ({evaluation.config.classifier_null_trials} for the classifier).</p>",
-        f"<p><b>Trials factor:</b> {len(evaluation.tests)} tests ran; each is judged at alpha/m = "
-        f"{evaluation.config.alpha:g}/{len(evaluation.tests)} = {data['trials_factor']['alpha_per_test']:.2e} "
-        "(Bonferroni), so a sample drawn from the reference fails any test with probability at most "
-        f"{evaluation.config.alpha:g}. Tests with a known null distribution pass when their p-value is at least "
-        "alpha/m; distances pass when below the null's one-sided prediction bound (Student t over the splits).</p>",
+        (
+            f"<p>channel <b>{html.escape(evaluation.channel or 'numeric table')}</b>; sample "
+            f"{html.escape(str(evaluation.sample_info.get('path', 'in memory')))} ({evaluation.n_sample} events), "
+            f"reference {html.escape(str(evaluation.reference_info.get('path', 'in memory')))} "
+            f"({evaluation.n_reference} events).</p>"
+        ),
+        (
+            f"<p>{evaluation.n_used} events per sample in every metric but the classifier ({evaluation.n_classifier} "
+            f"per sample, {evaluation.config.classifier_folds}-fold). Null: {evaluation.config.null_trials} disjoint "
+            f"reference-vs-reference splits ({evaluation.config.distance_null_trials} for FPD/KPD, "
+            f"{evaluation.config.classifier_null_trials} for the classifier).</p>"
+        ),
+        (
+            f"<p><b>Trials factor:</b> {len(evaluation.tests)} tests ran; each is judged at alpha/m = "
+            f"{evaluation.config.alpha:g}/{len(evaluation.tests)} = {data['trials_factor']['alpha_per_test']:.2e} "
+            "(Bonferroni), so a sample drawn from the reference fails any test with probability at most "
+            f"{evaluation.config.alpha:g}. Tests with a known null distribution pass when their p-value is at least "
+            "alpha/m; distances pass when below the null's one-sided prediction bound (Student t over the splits, "
+            "on the logarithms for positive statistics).</p>"
+        ),
     ]
     if gate_outcome is not None:
         status = "passed" if gate_outcome["passed"] else "FAILED"
-        parts.append(f"<h2>Gates ({html.escape(str(gate_outcome.get('family')))}, {status})</h2><table>"
-                     "<tr><th>gate</th><th>metric</th><th>value</th><th>bound</th><th>result</th></tr>")
+        parts.append(
+            f"<h2>Gates ({html.escape(str(gate_outcome.get('family')))}, {status})</h2><table>"
+            "<tr><th>gate</th><th>metric</th><th>value</th><th>bound</th><th>result</th></tr>"
+        )
         for g in gate_outcome["gates"]:
             cls = "pass" if g["passed"] else "fail"
-            parts.append(f"<tr class='{cls}'><td>{_fmt(g['gate'])}</td><td>{_fmt(g.get('metric'))}</td>"
-                         f"<td>{_fmt(g.get('value'))}</td><td>{_fmt(g.get('bound'))}</td>"
-                         f"<td>{'pass' if g['passed'] else 'FAIL'}</td></tr>")
+            parts.append(
+                f"<tr class='{cls}'><td>{_fmt(g['gate'])}</td><td>{_fmt(g.get('metric'))}</td>"
+                f"<td>{_fmt(g.get('value'))}</td><td>{_fmt(g.get('bound'))}</td>"
+                f"<td>{'pass' if g['passed'] else 'FAIL'}</td></tr>"
+            )
         parts.append("</table>")
     failed = [t for t in evaluation.tests if not t.passed]
     parts.append(f"<h2>Failed tests ({len(failed)})</h2>" + ("<p>none</p>" if not failed else ""))
-    header = ("<tr><th>test</th><th>value</th><th>p-value</th><th>null mean</th><th>null spread</th>"
-              "<th>threshold</th><th>decision</th><th>result</th></tr>")
+    header = (
+        "<tr><th>test</th><th>value</th><th>p-value</th><th>null mean</th><th>null spread</th>"
+        "<th>threshold</th><th>decision</th><th>result</th></tr>"
+    )
     for title, rows in (("", failed), ("All tests", evaluation.tests)):
         if not rows:
             continue
@@ -240,15 +279,20 @@ def render_html(evaluation: Evaluation, gate_outcome: dict[str, Any] | None = No
             parts.append(
                 f"<tr class='{cls}'><td>{html.escape(t.name)}</td><td>{_fmt(t.value)}</td><td>{_fmt(t.pvalue)}</td>"
                 f"<td>{_fmt(t.null_mean)}</td><td>{_fmt(t.null_std)}</td><td>{_fmt(t.threshold)}</td>"
-                f"<td>{html.escape(t.decision)}</td><td>{'pass' if t.passed else 'FAIL'}</td></tr>")
+                f"<td>{html.escape(t.decision)}</td><td>{'pass' if t.passed else 'FAIL'}</td></tr>"
+            )
         parts.append("</table>")
-    parts.append("<h2>Per-feature summary</h2><table><tr><th>feature</th><th>unit</th><th>W1</th>"
-                 "<th>W1 / resolution</th><th>KS</th><th>chi2/ndf</th><th>separation power</th></tr>")
+    parts.append(
+        "<h2>Per-feature summary</h2><table><tr><th>feature</th><th>unit</th><th>W1</th>"
+        "<th>W1 / resolution</th><th>KS</th><th>chi2/ndf</th><th>separation power</th></tr>"
+    )
     for name, f in evaluation.features.items():
         cls = "pass" if f.get("passed", True) else "fail"
-        parts.append(f"<tr class='{cls}'><td>{html.escape(name)}</td><td>{_fmt(f['unit'])}</td><td>{_fmt(f['w1'])}</td>"
-                     f"<td>{_fmt(f['w1_over_resolution'])}</td><td>{_fmt(f['ks'])}</td><td>{_fmt(f['chi2_ndf'])}</td>"
-                     f"<td>{_fmt(f['separation_power'])}</td></tr>")
+        parts.append(
+            f"<tr class='{cls}'><td>{html.escape(name)}</td><td>{_fmt(f['unit'])}</td><td>{_fmt(f['w1'])}</td>"
+            f"<td>{_fmt(f['w1_over_resolution'])}</td><td>{_fmt(f['ks'])}</td><td>{_fmt(f['chi2_ndf'])}</td>"
+            f"<td>{_fmt(f['separation_power'])}</td></tr>"
+        )
     parts.append("</table>")
     if evaluation.skipped:
         parts.append("<h2>Not computed (below a metric's minimum sample size)</h2><ul>")
@@ -269,8 +313,11 @@ def render_html(evaluation: Evaluation, gate_outcome: dict[str, Any] | None = No
             if pairs:
                 parts.append("<h3>Pairs whose correlation differs most</h3>")
                 parts += [f"<img src='{uri}' style='max-width:70%'>" for uri in pairs]
-    parts.append("<h2>Timings</h2><table>" + "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v:.2f} s</td></tr>" for k, v in evaluation.timings.items()) + "</table>")
+    parts.append(
+        "<h2>Timings</h2><table>"
+        + "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.2f} s</td></tr>" for k, v in evaluation.timings.items())
+        + "</table>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -287,8 +334,12 @@ def write_json(evaluation: Evaluation, path: str | os.PathLike[str], extra: dict
     return path
 
 
-def write_report(evaluation: Evaluation, directory: str | os.PathLike[str], gate_outcome: dict[str, Any] | None = None,
-                 samples: tuple[Sample, Sample] | None = None) -> dict[str, Path]:
+def write_report(
+    evaluation: Evaluation,
+    directory: str | os.PathLike[str],
+    gate_outcome: dict[str, Any] | None = None,
+    samples: tuple[Sample, Sample] | None = None,
+) -> dict[str, Path]:
     """Write ``report.html`` and ``evaluation.json`` into ``directory`` (created if needed).
 
     Returns:
@@ -303,4 +354,3 @@ def write_report(evaluation: Evaluation, directory: str | os.PathLike[str], gate
     tmp.write_text(render_html(evaluation, gate_outcome, samples))
     tmp.replace(html_path)
     return {"html": html_path, "json": json_path}
-

@@ -10,8 +10,8 @@ also supply two disjoint halves of that size for the null):
 4. FPD and KPD;
 5. the channel's physics observables (event files only);
 
-and the same on ``null_trials`` reference-vs-reference splits (``classifier_null_trials`` for the classifier),
-then :func:`vbes.evaluation.null.calibrate` gives every test its null mean +- spread and pass/fail with the
+and the same on ``null_trials`` reference-vs-reference splits (``distance_null_trials`` for FPD and KPD,
+``classifier_null_trials`` for the classifier), then :func:`vbes.evaluation.null.calibrate` gives every test its null mean +- spread and pass/fail with the
 trials factor m = number of tests.
 """
 
@@ -25,16 +25,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from vbes.errors import InsufficientSample, InvalidInput, NotFound
 from vbes.evaluation import metrics
 from vbes.evaluation.classifier import classifier_test
 from vbes.evaluation.distances import fpd, kpd
 from vbes.evaluation.features import FeatureTable, channel_of, feature_table, table_from_array
-from vbes.evaluation.null import TestResult, TestValue, calibrate, null_splits
-from vbes.evaluation.observables import Observable, channel_observables, compare_observable, fixed_edges
+from vbes.evaluation.null import MetricResult, MetricValue, calibrate, null_splits
+from vbes.evaluation.observables import (
+    Observable,
+    channel_observables,
+    compare_observable,
+    fixed_edges,
+    reference_half_width,
+)
 
-__all__ = ["EvaluationConfig", "Sample", "Evaluation", "load_sample", "sample_from_tables", "evaluate", "flatten"]
+from vbes.errors import InsufficientSample, InvalidInput, NotFound
+
+__all__ = ["Evaluation", "EvaluationConfig", "Sample", "evaluate", "flatten", "load_sample", "sample_from_tables"]
 
 #: a feature enters the correlation matrix and FPD/KPD when present in at least this fraction of reference events
 PRESENCE_FOR_MULTIVARIATE = 0.9
@@ -46,20 +52,25 @@ class EvaluationConfig:
 
     Args:
         alpha: family-wise false-alarm probability (split over all tests, Bonferroni).
-        null_trials: reference-vs-reference splits for every metric but the classifier.
+        null_trials: reference-vs-reference splits for the per-feature metrics, correlations and observables
+            (cheap; distances without a known null need many splits for a trustworthy prediction bound).
+        distance_null_trials: splits for FPD and KPD.
         classifier_null_trials: splits for the classifier test.
         classifier_events: most events per sample in the classifier test.
         classifier_folds: k of its k-fold.
+        classifier_max_iter: most boosting iterations per fold (early stopping usually ends sooner).
         max_events: most events per sample for the other metrics (None: as many as size matching allows).
         distances: compute FPD and KPD.
         seed: seed of every subsampling.
     """
 
     alpha: float = 0.05
-    null_trials: int = 10
+    null_trials: int = 20
+    distance_null_trials: int = 5
     classifier_null_trials: int = 5
     classifier_events: int = 200_000
     classifier_folds: int = 5
+    classifier_max_iter: int = 200
     max_events: int | None = None
     distances: bool = True
     seed: int = 0
@@ -82,19 +93,36 @@ class Sample:
 
 _EVENT_FIELDS = {
     "events": ["run", "event", "channel", "n_tracks", "n_showers", "n_truth", "weight"],
-    "tracks": ["charge", "p", "px", "py", "pz", "cos_theta", "phi", "dedx", "chi_dedx", "tof", "emc_energy",
-               "emc_index", "muc_depth"],
+    "tracks": [
+        "charge",
+        "p",
+        "px",
+        "py",
+        "pz",
+        "cos_theta",
+        "phi",
+        "dedx",
+        "chi_dedx",
+        "tof",
+        "emc_energy",
+        "emc_index",
+        "muc_depth",
+    ],
     "showers": ["energy", "theta", "phi", "time", "n_crystals", "e3x3", "e5x5", "lat_moment"],
 }
 
 
-def sample_from_tables(tables: Mapping[str, Mapping[str, np.ndarray]], channel: str | None = None,
-                       info: dict[str, Any] | None = None) -> Sample:
+def sample_from_tables(
+    tables: Mapping[str, Mapping[str, np.ndarray]], channel: str | None = None, info: dict[str, Any] | None = None
+) -> Sample:
     """A :class:`Sample` from an event batch ``{table: {field: array}}``."""
     channel = channel or channel_of(tables)
     n = len(tables["events"]["n_tracks"])
-    return Sample(feature_table(tables, channel), channel_observables(tables, channel),
-                  {"n_events": n, "channel": channel, **(info or {})})
+    return Sample(
+        feature_table(tables, channel),
+        channel_observables(tables, channel),
+        {"n_events": n, "channel": channel, **(info or {})},
+    )
 
 
 def _is_event_file(path: Path) -> bool:
@@ -107,8 +135,9 @@ def _is_event_file(path: Path) -> bool:
         return False
 
 
-def load_sample(source: str | os.PathLike[str] | Mapping[str, Any] | np.ndarray | FeatureTable | Sample,
-                channel: str | None = None) -> Sample:
+def load_sample(
+    source: str | os.PathLike[str] | Mapping[str, Any] | np.ndarray | FeatureTable | Sample, channel: str | None = None
+) -> Sample:
     """Turn what the user brings into a :class:`Sample`.
 
     Accepts an event file (the vbes HDF5 layout), a numeric table file (``.npy`` 2-D or structured, ``.npz`` of
@@ -173,7 +202,7 @@ class Evaluation:
     n_used: int
     n_classifier: int
     config: EvaluationConfig
-    tests: list[TestResult]
+    tests: list[MetricResult]
     skipped: dict[str, str]
     features: dict[str, dict[str, Any]]
     correlation: dict[str, Any]
@@ -191,7 +220,7 @@ class Evaluation:
     def failed(self) -> list[str]:
         return [t.name for t in self.tests if not t.passed]
 
-    def test(self, name: str) -> TestResult:
+    def test(self, name: str) -> MetricResult:
         """The test of that name."""
         for t in self.tests:
             if t.name == name:
@@ -200,34 +229,41 @@ class Evaluation:
 
     def as_dict(self) -> dict[str, Any]:
         """Every number, JSON-ready."""
-        return _jsonable({
-            "format": "vbes-evaluation",
-            "version": 1,
-            "channel": self.channel,
-            "passed": self.passed,
-            "n_tests": len(self.tests),
-            "n_failed": len(self.failed),
-            "failed": self.failed,
-            "trials_factor": {
+        return _jsonable(
+            {
+                "format": "vbes-evaluation",
+                "version": 1,
+                "channel": self.channel,
+                "passed": self.passed,
                 "n_tests": len(self.tests),
-                "alpha_family": self.config.alpha,
-                "alpha_per_test": self.config.alpha / max(len(self.tests), 1),
-                "rule": "Bonferroni: each test is judged at alpha/m so that a sample drawn from the reference "
-                        "fails any test with probability <= alpha",
-            },
-            "sizes": {"sample": self.n_sample, "reference": self.n_reference, "per_sample_used": self.n_used,
-                      "classifier_per_sample": self.n_classifier,
-                      "null_trials": self.config.null_trials,
-                      "classifier_null_trials": self.config.classifier_null_trials},
-            "config": asdict(self.config),
-            "sample": self.sample_info,
-            "reference": self.reference_info,
-            "tests": [t.as_dict() for t in self.tests],
-            "skipped": self.skipped,
-            "features": self.features,
-            "correlation": self.correlation,
-            "timings_s": self.timings,
-        })
+                "n_failed": len(self.failed),
+                "failed": self.failed,
+                "trials_factor": {
+                    "n_tests": len(self.tests),
+                    "alpha_family": self.config.alpha,
+                    "alpha_per_test": self.config.alpha / max(len(self.tests), 1),
+                    "rule": "Bonferroni: each test is judged at alpha/m so that a sample drawn from the reference "
+                    "fails any test with probability <= alpha",
+                },
+                "sizes": {
+                    "sample": self.n_sample,
+                    "reference": self.n_reference,
+                    "per_sample_used": self.n_used,
+                    "classifier_per_sample": self.n_classifier,
+                    "null_trials": self.config.null_trials,
+                    "distance_null_trials": self.config.distance_null_trials,
+                    "classifier_null_trials": self.config.classifier_null_trials,
+                },
+                "config": asdict(self.config),
+                "sample": self.sample_info,
+                "reference": self.reference_info,
+                "tests": [t.as_dict() for t in self.tests],
+                "skipped": self.skipped,
+                "features": self.features,
+                "correlation": self.correlation,
+                "timings_s": self.timings,
+            }
+        )
 
     def flat(self) -> dict[str, float]:
         """``{metric name: number}`` for gates, see :func:`flatten`."""
@@ -275,21 +311,30 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _feature_tests(a: FeatureTable, b: FeatureTable, edges: Mapping[str, np.ndarray],
-                   resolutions: Mapping[str, float | None], skipped: dict[str, str]) -> dict[str, TestValue]:
-    out: dict[str, TestValue] = {}
+def _feature_tests(
+    a: FeatureTable,
+    b: FeatureTable,
+    edges: Mapping[str, np.ndarray],
+    resolutions: Mapping[str, float | None],
+    skipped: dict[str, str],
+) -> dict[str, MetricValue]:
+    out: dict[str, MetricValue] = {}
     for i, name in enumerate(a.names):
         x, y = a.values[:, i], b.values[:, i]
         key = f"features/{name}"
         try:
-            w1 = metrics.wasserstein1(x, y, resolutions.get(name))
-            out[f"{key}/w1"] = TestValue(w1.value, None, {"w1_over_resolution": w1.value_over_resolution,
-                                                          "resolution": w1.resolution})
-            ks = metrics.kolmogorov_smirnov(x, y)
-            out[f"{key}/ks"] = TestValue(ks.statistic, ks.pvalue)
+            w1, ks = metrics.w1_and_ks(x, y, resolutions.get(name))
+            out[f"{key}/w1"] = MetricValue(
+                w1.value, None, {"w1_over_resolution": w1.value_over_resolution, "resolution": w1.resolution}
+            )
+            out[f"{key}/ks"] = MetricValue(ks.statistic, ks.pvalue)
             chi2 = metrics.chi2_ndf(x, y, edges[name])
-            out[f"{key}/chi2_ndf"] = TestValue(chi2.chi2_ndf, chi2.pvalue, {"chi2": chi2.chi2, "ndf": chi2.ndf})
-            out[f"{key}/separation_power"] = TestValue(metrics.separation_power(x, y, edges[name]), None)
+            out[f"{key}/chi2_ndf"] = MetricValue(chi2.chi2_ndf, chi2.pvalue, {"chi2": chi2.chi2, "ndf": chi2.ndf})
+            # with size-matched samples the separation power is chi2 / (2 n) of the same two histograms, so the
+            # chi2's p-value is its p-value too (its empirical null is far too skewed for few splits)
+            out[f"{key}/separation_power"] = MetricValue(
+                metrics.separation_power(x, y, edges[name]), chi2.pvalue, {"pvalue_from": "chi2 of the same histograms"}
+            )
         except InsufficientSample as exc:
             skipped[key] = str(exc)
         if np.isnan(y).any() or np.isnan(x).any():
@@ -297,7 +342,7 @@ def _feature_tests(a: FeatureTable, b: FeatureTable, edges: Mapping[str, np.ndar
                 diff, z = metrics.presence_difference(x, y)
                 from scipy import stats
 
-                out[f"{key}/presence"] = TestValue(z, float(2 * stats.norm.sf(abs(z))), {"fraction_difference": diff})
+                out[f"{key}/presence"] = MetricValue(z, float(2 * stats.norm.sf(abs(z))), {"fraction_difference": diff})
             except InsufficientSample as exc:
                 skipped[f"{key}/presence"] = str(exc)
     return out
@@ -309,41 +354,55 @@ def _multivariate_columns(reference: FeatureTable) -> list[int]:
     return [i for i in range(len(reference.names)) if present[i] >= PRESENCE_FOR_MULTIVARIATE and spread[i] > 0]
 
 
-def _multivariate_tests(a: FeatureTable, b: FeatureTable, columns: list[int], config: EvaluationConfig,
-                        skipped: dict[str, str], seed: int) -> dict[str, TestValue]:
-    out: dict[str, TestValue] = {}
+def _correlation_tests(
+    a: FeatureTable, b: FeatureTable, columns: list[int], skipped: dict[str, str]
+) -> dict[str, MetricValue]:
     names = tuple(a.names[i] for i in columns)
     try:
         corr = metrics.correlation_difference(a.values[:, columns], b.values[:, columns], names)
-        out["correlations/max_abs_difference"] = TestValue(corr.max_abs, None, {"rms": corr.rms})
     except InsufficientSample as exc:
         skipped["correlations/max_abs_difference"] = str(exc)
-    if config.distances:
-        for label, function in (("fpd", fpd), ("kpd", kpd)):
-            try:
-                result = function(a.values[:, columns], b.values[:, columns], seed=seed)
-                out[f"distances/{label}"] = TestValue(result.value, None, {"error": result.error})
-            except InsufficientSample as exc:
-                skipped[f"distances/{label}"] = str(exc)
+        return {}
+    return {"correlations/max_abs_difference": MetricValue(corr.max_abs, None, {"rms": corr.rms})}
+
+
+def _distance_tests(
+    a: FeatureTable, b: FeatureTable, columns: list[int], skipped: dict[str, str], seed: int
+) -> dict[str, MetricValue]:
+    out: dict[str, MetricValue] = {}
+    for label, function in (("fpd", fpd), ("kpd", kpd)):
+        try:
+            result = function(a.values[:, columns], b.values[:, columns], seed=seed)
+            out[f"distances/{label}"] = MetricValue(result.value, None, {"error": result.error})
+        except InsufficientSample as exc:
+            skipped[f"distances/{label}"] = str(exc)
     return out
 
 
-def _classifier_tests(a: FeatureTable, b: FeatureTable, config: EvaluationConfig, skipped: dict[str, str],
-                      seed: int) -> dict[str, TestValue]:
+def _classifier_tests(
+    a: FeatureTable, b: FeatureTable, config: EvaluationConfig, skipped: dict[str, str], seed: int
+) -> dict[str, MetricValue]:
     try:
-        result = classifier_test(a.values, b.values, n_folds=config.classifier_folds, seed=seed,
-                                 feature_names=list(a.names))
+        result = classifier_test(
+            a.values,
+            b.values,
+            n_folds=config.classifier_folds,
+            seed=seed,
+            max_iter=config.classifier_max_iter,
+            feature_names=list(a.names),
+        )
     except InsufficientSample as exc:
         skipped["classifier/auc"] = str(exc)
         return {}
     details = result.as_dict()
     details.pop("auc")
-    return {"classifier/auc": TestValue(result.auc, result.pvalue, details)}
+    return {"classifier/auc": MetricValue(result.auc, result.pvalue, details)}
 
 
-def _observable_tests(a: list[Observable], b: list[Observable], edges: Mapping[str, Any],
-                      skipped: dict[str, str]) -> dict[str, TestValue]:
-    out: dict[str, TestValue] = {}
+def _observable_tests(
+    a: list[Observable], b: list[Observable], edges: Mapping[str, Any], skipped: dict[str, str]
+) -> dict[str, MetricValue]:
+    out: dict[str, MetricValue] = {}
     for obs_a, obs_b in zip(a, b):
         try:
             compared = compare_observable(obs_a, obs_b, edges.get(obs_a.name))
@@ -353,14 +412,21 @@ def _observable_tests(a: list[Observable], b: list[Observable], edges: Mapping[s
         for test, numbers in compared.items():
             numbers = dict(numbers)
             value, pvalue = numbers.pop("value"), numbers.pop("pvalue")
-            numbers.update({"kind": obs_a.kind, "unit": obs_a.unit, "description": obs_a.description,
-                            "expected": obs_a.expected})
-            out[f"observables/{obs_a.name}/{test}"] = TestValue(value, pvalue, numbers)
+            numbers.update(
+                {"kind": obs_a.kind, "unit": obs_a.unit, "description": obs_a.description, "expected": obs_a.expected}
+            )
+            out[f"observables/{obs_a.name}/{test}"] = MetricValue(value, pvalue, numbers)
     return out
 
 
-def evaluate(sample: Any, reference: Any, channel: str | None = None, config: EvaluationConfig | None = None,
-             progress: Callable[[str], None] | None = None) -> Evaluation:
+def evaluate(
+    sample: Any,
+    reference: Any,
+    channel: str | None = None,
+    config: EvaluationConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+    null_cache: dict[Any, Any] | None = None,
+) -> Evaluation:
     """Compare a sample with a reference; every test null-calibrated.
 
     Args:
@@ -369,6 +435,9 @@ def evaluate(sample: Any, reference: Any, channel: str | None = None, config: Ev
         channel: channel of event files (default: read from the files).
         config: :class:`EvaluationConfig`.
         progress: called with a short message as each stage starts.
+        null_cache: a dict kept by the caller: the null splits of a reference (a :class:`Sample` passed again as
+            the same object) are then computed once and reused by later evaluations against it with the same
+            sizes and configuration (the null depends only on the reference).
 
     Example:
         >>> import numpy as np
@@ -398,59 +467,138 @@ def evaluate(sample: Any, reference: Any, channel: str | None = None, config: Ev
     rng = np.random.default_rng(config.seed)
     a_rows = np.sort(rng.permutation(len(a))[:n])
     b_rows = np.sort(rng.permutation(len(b))[:n])
-    splits = null_splits(len(b), n, max(config.null_trials, config.classifier_null_trials), seed=config.seed + 1)
+    splits = null_splits(
+        len(b),
+        n,
+        max(config.null_trials, config.distance_null_trials, config.classifier_null_trials),
+        seed=config.seed + 1,
+    )
 
     # fixed binning and resolutions from the whole reference, shared by the test and every split
-    edges = {name: metrics.fixed_bins(b.features.values[:, i]) if np.isfinite(b.features.values[:, i]).any()
-             else np.array([-np.inf, 0, np.inf]) for i, name in enumerate(b.features.names)}
-    resolutions = {name: b.features.resolution(name, b.features.values[:, i]) for i, name in enumerate(b.features.names)}
-    observable_edges = {o.name: fixed_edges(o) for o in b.observables if o.kind in ("spectrum", "spectrum2d")
-                        and np.isfinite(o.values).any()}
+    edges = {
+        name: metrics.fixed_bins(b.features.values[:, i])
+        if np.isfinite(b.features.values[:, i]).any()
+        else np.array([-np.inf, 0, np.inf])
+        for i, name in enumerate(b.features.names)
+    }
+    resolutions = {
+        name: b.features.resolution(name, b.features.values[:, i]) for i, name in enumerate(b.features.names)
+    }
+    observable_edges: dict[str, Any] = {
+        o.name: fixed_edges(o)
+        for o in b.observables
+        if o.kind in ("spectrum", "spectrum2d") and np.isfinite(o.values).any()
+    }
+    for o in b.observables:
+        if o.kind == "peak" and o.window is None:
+            try:
+                observable_edges[o.name] = reference_half_width(o)
+            except InsufficientSample:
+                pass  # the comparison itself will refuse and record why
     columns = _multivariate_columns(b.features)
     # a random (not file-order) subset for the classifier: files may be ordered by run
     classifier_rows = np.sort(rng.permutation(n)[:n_classifier])
     skipped: dict[str, str] = {}
 
-    pairs = [("test", a.subset(a_rows), b.subset(b_rows))]
-    pairs += [(f"null {k}", b.subset(i), b.subset(j)) for k, (i, j) in enumerate(splits)]
-    runs: list[dict[str, TestValue]] = [{} for _ in pairs]
-    stages: list[tuple[str, Callable[[Sample, Sample, dict[str, str], int], dict[str, TestValue]], int]] = [
-        ("features", lambda x, y, s, k: _feature_tests(x.features, y.features, edges, resolutions, s),
-         config.null_trials),
-        ("correlations and distances",
-         lambda x, y, s, k: _multivariate_tests(x.features, y.features, columns, config, s, config.seed + k),
-         config.null_trials),
-        ("observables", lambda x, y, s, k: _observable_tests(x.observables, y.observables, observable_edges, s),
-         config.null_trials),
-        ("classifier",
-         lambda x, y, s, k: _classifier_tests(x.features.subset(classifier_rows), y.features.subset(classifier_rows),
-                                              config, s, config.seed + k),
-         config.classifier_null_trials),
+    key = (
+        id(b),
+        n,
+        n_classifier,
+        config.null_trials,
+        config.distance_null_trials,
+        config.classifier_null_trials,
+        config.classifier_folds,
+        config.classifier_max_iter,
+        config.distances,
+        config.seed,
+    )
+    cached = null_cache.get(key) if null_cache is not None else None
+    # pair 0 is the test; pairs 1.. are null splits. Each pair's events are gathered once, run through every
+    # stage that needs it, and dropped: 20 splits of 1e6-event tables would not fit in memory at once.
+    pair_rows: list[tuple[str, Sample, np.ndarray, np.ndarray]] = [("test", a, a_rows, b_rows)]
+    if cached is None:
+        pair_rows += [(f"null split {k}", b, i, j) for k, (i, j) in enumerate(splits)]
+    stages: list[tuple[str, Callable[[Sample, Sample, dict[str, str], int], dict[str, MetricValue]], int]] = [
+        (
+            "features",
+            lambda x, y, s, k: _feature_tests(x.features, y.features, edges, resolutions, s),
+            config.null_trials,
+        ),
+        ("correlations", lambda x, y, s, k: _correlation_tests(x.features, y.features, columns, s), config.null_trials),
+        (
+            "distances",
+            lambda x, y, s, k: _distance_tests(x.features, y.features, columns, s, config.seed + k),
+            config.distance_null_trials if config.distances else -1,
+        ),
+        (
+            "observables",
+            lambda x, y, s, k: _observable_tests(x.observables, y.observables, observable_edges, s),
+            config.null_trials,
+        ),
+        (
+            "classifier",
+            lambda x, y, s, k: _classifier_tests(
+                x.features.subset(classifier_rows), y.features.subset(classifier_rows), config, s, config.seed + k
+            ),
+            config.classifier_null_trials,
+        ),
     ]
-    for stage, function, trials in stages:
-        t_stage = time.perf_counter()
-        say(f"{stage}: test and {trials} null splits")
-        for k, (label, x, y) in enumerate(pairs[: trials + 1]):
+    timings.update({stage: 0.0 for stage, _, trials in stages if trials >= 0})
+    timings["gather events"] = 0.0
+    runs: list[dict[str, MetricValue]] = []
+    test_pair: tuple[Sample, Sample] | None = None
+    for k, (label, first, rows_first, rows_second) in enumerate(pair_rows):
+        needed = [(stage, function) for stage, function, trials in stages if k <= trials]
+        if not needed:
+            break
+        say(f"{label}: {', '.join(stage for stage, _ in needed)}")
+        t_gather = time.perf_counter()
+        x, y = first.subset(rows_first), b.subset(rows_second)
+        timings["gather events"] += time.perf_counter() - t_gather
+        results: dict[str, MetricValue] = {}
+        for stage, function in needed:
+            t_stage = time.perf_counter()
             scratch: dict[str, str] = {}
-            runs[k].update(function(x, y, scratch, k))
-            if label == "test":
+            results.update(function(x, y, scratch, k))
+            if k == 0:
                 skipped.update(scratch)
-        timings[stage] = time.perf_counter() - t_stage
+            timings[stage] += time.perf_counter() - t_stage
+        runs.append(results)
+        if k == 0:
+            test_pair = (x, y)
+    assert test_pair is not None
+    if cached is not None:
+        runs += cached[1]
+    elif null_cache is not None:
+        null_cache[key] = (b, runs[1:])  # holding b keeps its id() from being reused
 
     t_cal = time.perf_counter()
     tests = calibrate(runs[0], runs[1:], alpha=config.alpha)
     timings["calibration"] = time.perf_counter() - t_cal
     features_summary = _feature_summary(tests, a.features.names, a.features.units)
-    corr = _correlation_summary(pairs[0][1].features, pairs[0][2].features, columns)
+    corr = _correlation_summary(test_pair[0].features, test_pair[1].features, columns)
     timings["total"] = time.perf_counter() - t0
     return Evaluation(
-        channel=a.features.channel or "", n_sample=len(a), n_reference=len(b), n_used=n, n_classifier=n_classifier,
-        config=config, tests=tests, skipped=skipped, features=features_summary, correlation=corr, timings=timings,
-        sample_info=a.info, reference_info=b.info, samples=(pairs[0][1], pairs[0][2]),
+        channel=a.features.channel or "",
+        n_sample=len(a),
+        n_reference=len(b),
+        n_used=n,
+        n_classifier=n_classifier,
+        config=config,
+        tests=tests,
+        skipped=skipped,
+        features=features_summary,
+        correlation=corr,
+        timings=timings,
+        sample_info=a.info,
+        reference_info=b.info,
+        samples=test_pair,
     )
 
 
-def _feature_summary(tests: list[TestResult], names: tuple[str, ...], units: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def _feature_summary(
+    tests: list[MetricResult], names: tuple[str, ...], units: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
     by_name = {t.name: t for t in tests}
     out: dict[str, dict[str, Any]] = {}
     for name in names:

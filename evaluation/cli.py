@@ -1,0 +1,156 @@
+"""``vbes evaluate``: compare a sample with a reference, write the report, apply gates.
+
+Example::
+
+    vbes evaluate --sample model.h5 --reference reference.h5 --report out/ --gate gates.yaml --family surrogate
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vbes.cli import emit
+
+__all__ = ["evaluate"]
+
+
+@click.command("evaluate")
+@click.option(
+    "--sample",
+    "sample_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Sample A: an event file or a numeric table (.npy, .npz, .csv, HDF5 columns).",
+)
+@click.option(
+    "--reference",
+    "reference_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Reference B, same kind; needs at least twice A's events for full size matching.",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for report.html and evaluation.json.",
+)
+@click.option(
+    "--gate",
+    "gate_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML gate file; the command exits non-zero when a gate fails.",
+)
+@click.option("--family", default=None, help="Gate family (default: the gate file's default_family).")
+@click.option("--channel", default=None, help="Channel of event files (default: read from the files).")
+@click.option(
+    "--null-trials",
+    type=click.IntRange(2, 1000),
+    default=20,
+    show_default=True,
+    help="Reference-vs-reference splits for per-feature metrics, correlations and observables.",
+)
+@click.option(
+    "--distance-null-trials", type=click.IntRange(2, 1000), default=5, show_default=True, help="Splits for FPD and KPD."
+)
+@click.option("--classifier-null-trials", type=click.IntRange(2, 1000), default=5, show_default=True)
+@click.option(
+    "--classifier-events",
+    type=click.IntRange(1000),
+    default=200_000,
+    show_default=True,
+    help="Most events per sample in the classifier test.",
+)
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True, help="k of the k-fold classifier.")
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Family-wise false-alarm probability (split over all tests).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def evaluate(
+    sample_path: Path,
+    reference_path: Path,
+    report_dir: Path,
+    gate_file: Path | None,
+    family: str | None,
+    channel: str | None,
+    null_trials: int,
+    distance_null_trials: int,
+    classifier_null_trials: int,
+    classifier_events: int,
+    folds: int,
+    alpha: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Compare --sample with --reference: every metric null-calibrated; HTML + JSON report; optional gates."""
+    from vbes.evaluation.gates import check_gates, load_gates
+    from vbes.evaluation.report import write_report
+    from vbes.evaluation.suite import EvaluationConfig
+    from vbes.evaluation.suite import evaluate as run_evaluation
+
+    from vbes.errors import GateFailed
+
+    if gate_file is not None:
+        load_gates(gate_file)  # a broken gate file fails before minutes of work
+    config = EvaluationConfig(
+        alpha=alpha,
+        null_trials=null_trials,
+        distance_null_trials=distance_null_trials,
+        classifier_null_trials=classifier_null_trials,
+        classifier_events=classifier_events,
+        classifier_folds=folds,
+        seed=seed,
+    )
+    result = run_evaluation(
+        sample_path,
+        reference_path,
+        channel=channel,
+        config=config,
+        progress=lambda message: click.echo(f"evaluate: {message}", err=True),
+    )
+    outcome = None
+    if gate_file is not None:
+        outcome = check_gates(result.flat(), gate_file, family, result.channel).as_dict()
+    paths = write_report(result, report_dir, outcome)
+    summary = {
+        "passed": result.passed,
+        "channel": result.channel,
+        "n_tests": len(result.tests),
+        "n_failed": len(result.failed),
+        "failed": result.failed,
+        "classifier_auc": next((t.value for t in result.tests if t.name == "classifier/auc"), None),
+        "report": str(paths["html"]),
+        "json": str(paths["json"]),
+    }
+    if outcome is not None:
+        summary["gates_passed"] = outcome["passed"]
+        summary["gate_family"] = outcome["family"]
+        summary["failed_gates"] = [f"{g['gate']}: {g['metric']}" for g in outcome["gates"] if not g["passed"]]
+    text = "\n".join(
+        [
+            (
+                f"evaluation {'PASSED' if result.passed else 'FAILED'}: {len(result.tests) - len(result.failed)}/"
+                f"{len(result.tests)} tests passed (each at alpha/m = {alpha:g}/{len(result.tests)})"
+            ),
+            *(f"  failed: {name}" for name in result.failed[:20]),
+            *([f"  ... and {len(result.failed) - 20} more"] if len(result.failed) > 20 else []),
+            *([f"gates ({outcome['family']}): {'passed' if outcome['passed'] else 'FAILED'}"] if outcome else []),
+            *(f"  failed gate: {line}" for line in summary.get("failed_gates", [])[:20]),
+            f"report: {paths['html']}",
+            f"json:   {paths['json']}",
+        ]
+    )
+    emit(summary, as_json, text)
+    if outcome is not None and not outcome["passed"]:
+        raise GateFailed(
+            f"{len(summary['failed_gates'])} gate check(s) of family {outcome['family']!r} failed; see {paths['html']}"
+        )
