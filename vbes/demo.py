@@ -32,12 +32,13 @@ def _step_generate(settings: Settings, state: dict[str, Any]) -> None:
     from vbes.calibration import CalibrationStore
     from vbes.datasets import generate_sample
 
+    # the suite's null splits want a reference of about twice the sample's size
     pair = []
     with CalibrationStore.from_settings(settings) as store:
-        for seed in (101, 102):
+        for seed, n_events in ((101, 20_000), (102, 40_000)):
             path = settings.data_dir / f"jpsi-mumu-seed{seed}.h5"
-            pair.append(generate_sample("mumu", 20_000, path, runs=(-10000, -9001), seed=seed, store=store))
-            click.echo(f"   mumu      20000 events, seed {seed} -> {path}")
+            pair.append(generate_sample("mumu", n_events, path, runs=(-10000, -9001), seed=seed, store=store))
+            click.echo(f"   mumu      {n_events} events, seed {seed} -> {path}")
     state["evaluation_pair"] = pair
 
 
