@@ -117,9 +117,26 @@ def test_resolution_widening_in_the_muon_momentum(mumu_sample: dict, mumu_refere
     assert not _flagged(result, "observables/p_cm/position")  # a resolution, not a scale
 
 
-def test_resolution_widening_in_the_pi0_mass() -> None:
-    reference = load_sample(simulate("rhopi", 2 * N, seed=201))
-    sample = distortions.widen_resolution(simulate("rhopi", N, seed=202), 1.2)
+@pytest.fixture(scope="session")
+def rhopi_reference() -> Sample:
+    return load_sample(simulate("rhopi", 2 * N, seed=201))
+
+
+@pytest.fixture(scope="session")
+def rhopi_sample() -> dict:
+    return simulate("rhopi", N, seed=202)
+
+
+def test_independent_rhopi_sample_passes_every_test(rhopi_sample: dict, rhopi_reference: Sample) -> None:
+    # the channel with most objects (tracks, pi0 photons, split-offs): an independent seed must pass too
+    result = evaluate(rhopi_sample, rhopi_reference, config=CONFIG)
+    assert result.passed, result.failed
+    assert len(result.tests) > 150
+
+
+def test_resolution_widening_in_the_pi0_mass(rhopi_sample: dict, rhopi_reference: Sample) -> None:
+    reference = rhopi_reference
+    sample = distortions.widen_resolution(rhopi_sample, 1.2)
     result = evaluate(sample, reference, config=LIGHT)
     assert _flagged(result, "observables/m_gg/width") and _flagged(result, "classifier/auc")
     # the pi0 peak: PDG mass, a BESIII-like 5-7 MeV width in the reference, wider by the photons' share
