@@ -64,6 +64,18 @@ def _as_finite_2d(x: np.ndarray, name: str) -> np.ndarray:
     return x[np.isfinite(x).all(axis=1)]
 
 
+def _standardised_pair(sample: np.ndarray, reference: np.ndarray, minimum: int, metric: str
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Complete rows of both samples, standardised on the reference; refuses fewer than ``minimum`` events."""
+    a = _as_finite_2d(sample, "sample")
+    b = _as_finite_2d(reference, "reference")
+    if min(len(a), len(b)) < minimum:
+        raise InsufficientSample(
+            f"{metric} needs at least {minimum} complete events per sample; got {len(a)} and {len(b)}"
+        )
+    return standardise_on_reference(a, b)
+
+
 def standardise_on_reference(sample: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale both to the reference's mean and standard deviation per feature (constant features left at 1)."""
     mean = reference.mean(axis=0)
@@ -104,14 +116,8 @@ def fpd(
         n_batches: random batches (drawn with replacement) averaged per batch size.
         seed: seed of the batch draws.
     """
-    a = _as_finite_2d(sample, "sample")
-    b = _as_finite_2d(reference, "reference")
+    a, b = _standardised_pair(sample, reference, MIN_EVENTS_FPD, "FPD")
     n = min(len(a), len(b))
-    if n < MIN_EVENTS_FPD:
-        raise InsufficientSample(
-            f"FPD needs at least {MIN_EVENTS_FPD} complete events per sample; got {len(a)} and {len(b)}"
-        )
-    a, b = standardise_on_reference(a, b)
     max_batch = max_batch or min(n, 50_000)
     min_batch = min_batch or min(max(n // 5, 1000), 20_000)
     sizes = (1.0 / np.linspace(1.0 / min_batch, 1.0 / max_batch, n_points)).astype(np.int64)
@@ -191,14 +197,8 @@ def kpd(
         n_batches: batches, each drawn without replacement (a repeated event would bias the unbiased estimate).
         seed: seed of the batch draws.
     """
-    a = _as_finite_2d(sample, "sample")
-    b = _as_finite_2d(reference, "reference")
+    a, b = _standardised_pair(sample, reference, MIN_EVENTS_KPD, "KPD")
     n = min(len(a), len(b))
-    if n < MIN_EVENTS_KPD:
-        raise InsufficientSample(
-            f"KPD needs at least {MIN_EVENTS_KPD} complete events per sample; got {len(a)} and {len(b)}"
-        )
-    a, b = standardise_on_reference(a, b)
     size = min(batch_size, n)
     rng = np.random.default_rng(seed)
     values = np.array(
