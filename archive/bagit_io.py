@@ -191,9 +191,9 @@ def import_bag(
     default_scope = scope or "bag"
     plan = []
     for rel in sorted(payload):
-        entry = entries.get(rel)
-        name = entry["name"] if entry else f"{default_scope}:{rel.removeprefix('data/')}"
-        plan.append((rel, as_logical_name(name), dict(entry.get("metadata", {})) if entry else {}))
+        listed = entries.get(rel)
+        name = listed["name"] if listed else f"{default_scope}:{rel.removeprefix('data/')}"
+        plan.append((rel, as_logical_name(name), dict(listed.get("metadata", {})) if listed else {}))
 
     did = (
         as_logical_name(dataset)

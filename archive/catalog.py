@@ -24,10 +24,10 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -114,6 +114,10 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+@overload
+def _utc(value: dt.datetime) -> dt.datetime: ...
+@overload
+def _utc(value: None) -> None: ...
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     # SQLite hands timestamps back without a zone; everything is stored in UTC
     if value is not None and value.tzinfo is None:
@@ -510,7 +514,7 @@ class Catalog:
             row.scope,
             row.name,
             row.state,
-            _utc(row.created_at),  # type: ignore[arg-type]
+            _utc(row.created_at),
             _utc(row.closed_at),
             dict(row.meta),
             tuple(f"{m.scope}:{m.name}" for m in members),
@@ -533,17 +537,17 @@ class Catalog:
         ).one_or_none()
 
 
-def _file_record(row: Any, names: list[str], replicas: list[Any]) -> FileRecord:
+def _file_record(row: Any, names: list[str], replicas: Sequence[Any]) -> FileRecord:
     return FileRecord(
         sha256=row.sha256,
         size=int(row.size),
         md5=row.md5,
         adler32=row.adler32,
-        created_at=_utc(row.created_at),  # type: ignore[arg-type]
+        created_at=_utc(row.created_at),
         metadata=dict(row.meta),
         names=tuple(names),
         replicas=tuple(
-            ReplicaRecord(r.tier, r.state, r.reason, _utc(r.updated_at), _utc(r.checked_at))  # type: ignore[arg-type]
+            ReplicaRecord(r.tier, r.state, r.reason, _utc(r.updated_at), _utc(r.checked_at))
             for r in replicas
         ),
     )

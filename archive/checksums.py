@@ -48,9 +48,6 @@ class Checksums:
         return [field for field, value in asdict(self).items() if getattr(other, field) != value]
 
 
-_DONE = object()
-
-
 def _default_threads() -> int:
     """Helper threads for digests: one per core beyond the caller's own (which reads and writes)."""
     try:
@@ -67,17 +64,17 @@ class _DigestWorker(threading.Thread):
         super().__init__(name=f"vbes-{algorithm}", daemon=True)
         self.digest = hashlib.new(algorithm)
         # bounded, so a slow digest holds back the reader instead of buffering the whole file in memory
-        self.chunks: queue.Queue[object] = queue.Queue(maxsize=4)
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)  # None: no more chunks
         self.error: BaseException | None = None
 
     def run(self) -> None:
         while True:
             chunk = self.chunks.get()
-            if chunk is _DONE:
+            if chunk is None:
                 return
             if self.error is None:
                 try:
-                    self.digest.update(chunk)  # type: ignore[arg-type]
+                    self.digest.update(chunk)
                 except BaseException as exc:  # noqa: BLE001 - handed back to the caller in finish()
                     self.error = exc
 
@@ -117,7 +114,7 @@ class ChecksumStream:
         """Stop the worker threads (idempotent)."""
         for worker in self._workers:
             if worker.is_alive():
-                worker.chunks.put(_DONE)
+                worker.chunks.put(None)
         for worker in self._workers:
             worker.join()
 

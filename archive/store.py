@@ -391,7 +391,8 @@ class Archive:
                 if tmp.exists():
                     tmp.unlink()
             failures.append(f"{tier.name}: {reason}")
-            if record.replica(tier.name).state == AVAILABLE:  # type: ignore[union-attr]
+            replica = record.replica(tier.name)
+            if replica is not None and replica.state == AVAILABLE:
                 self.catalog.set_replica(record.sha256, tier.name, SUSPICIOUS, f"get: {reason}")
             log.warning(
                 "%s: replica on %s failed verification (%s); trying the next", lname, tier.name, reason

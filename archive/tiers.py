@@ -108,7 +108,7 @@ class TierWriter:
                 view = view[written:]
         else:
             assert self._remote is not None
-            self.tier._call("write", self.tmp_path, lambda: self._remote.write(chunk))  # type: ignore[union-attr]
+            self.tier._call("write", self.tmp_path, lambda: self._remote.write(chunk))
 
     def commit(self, sha256: str) -> str:
         """Make the written bytes visible as the content ``sha256`` (replacing any file already there)."""

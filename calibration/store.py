@@ -157,10 +157,18 @@ class SchemaInfo(_Base):
     value: Mapped[str] = mapped_column(sa.Text, nullable=False)
 
 
-_TAG = GlobalTag.__table__
-_PAYLOAD = PayloadRow.__table__
-_IOV = IoVRow.__table__
-_SCHEMA = SchemaInfo.__table__
+def _table_of(model: type[_Base]) -> sa.Table:
+    """The ``Table`` a declarative class maps (SQLAlchemy types ``__table__`` as the wider ``FromClause``)."""
+    table = model.__table__
+    if not isinstance(table, sa.Table):
+        raise TypeError(f"{model.__name__} maps {type(table).__name__}, not a Table")
+    return table
+
+
+_TAG = _table_of(GlobalTag)
+_PAYLOAD = _table_of(PayloadRow)
+_IOV = _table_of(IoVRow)
+_SCHEMA = _table_of(SchemaInfo)
 
 # Database-side guards. Messages start with "vbes:<kind>:" so _translate() maps them to our exceptions.
 # The overlap test relies on the invariant it maintains: ranges of one (tag, type) are disjoint, so only the
@@ -471,6 +479,9 @@ class _Probe:
             else:
                 raw = self.engine.raw_connection()
                 driver = raw.driver_connection
+                if driver is None:  # only for an invalidated connection, which a fresh checkout never is
+                    raw.close()
+                    raise CalibrationError(f"no live database connection for {self.engine.url!r}")
                 raw.detach()  # ours alone: its autocommit setting must never leak back into the pool
                 driver.autocommit = True
                 result = driver.pgconn.prepare(
@@ -742,7 +753,10 @@ class CalibrationStore:
                     parent=parent, created=created or now_iso(), version=0))
         except sa.exc.IntegrityError as exc:  # created concurrently by another process (PostgreSQL)
             raise TagExists(f"global tag {name!r} already exists") from exc
-        return int(result.inserted_primary_key[0])
+        key = result.inserted_primary_key
+        if key is None:  # SQLAlchemy sets it for every single-row INSERT
+            raise CalibrationError(f"the database returned no id for the new global tag {name!r}")
+        return int(key[0])
 
     def clone_tag(self, source: str, name: str, purpose: str | None = None) -> dict[str, Any]:
         """An open copy of ``source`` (its IoVs, sharing the payloads); returns :meth:`tag_info`."""
@@ -1006,6 +1020,7 @@ class CalibrationStore:
     def _index(self, name: str) -> _TagIndex:
         """The tag's IoV index, checked against the database's current (name, state, version)."""
         self._after_fork()
+        index: _TagIndex | None
         if not self.cache_enabled:
             index = self._load_index(name)
         else:

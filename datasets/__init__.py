@@ -10,6 +10,8 @@ Public API::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vbes.datasets import schema
 from vbes.datasets.eventfile import (
     EventWriter,
@@ -20,6 +22,11 @@ from vbes.datasets.eventfile import (
     summarize,
     validate_file,
 )
+
+if TYPE_CHECKING:  # the lazy names of _LAZY, seen by type checkers without importing torch or uproot at run time
+    from vbes.datasets.ingest import export_root, ingest_besiii_dst, ingest_root
+    from vbes.datasets.simulation import demo_samples, generate_sample, simulate
+    from vbes.datasets.torchdata import EventDataModule, EventDataset
 
 __all__ = [
     "schema",

@@ -245,7 +245,7 @@ def _tracks(truth: Mapping[str, np.ndarray], sel: np.ndarray, c: Constants,
     path = arc * np.sqrt(1 + helix[:, 4] ** 2)
     # true time: the particle's own speed over its true path (from its production point)
     t_true = path / (beta_true * C_CM_PER_NS)
-    sigma_t = np.where(barrel, tof_c["sigma_barrel_ns"], tof_c["sigma_endcap_ns"])
+    sigma_t = np.where(barrel, float(tof_c["sigma_barrel_ns"]), float(tof_c["sigma_endcap_ns"]))
     tof = t_true + sigma_t * rng.standard_normal(n)
     t_expected = path[:, None] * np.sqrt(p[:, None] ** 2 + _MASSES[None, :] ** 2) / (p[:, None] * C_CM_PER_NS)
     chi_tof = (tof[:, None] - t_expected) / sigma_t[:, None]
@@ -340,8 +340,8 @@ def _showers(truth: Mapping[str, np.ndarray], n_events: int, c: Constants, rng: 
     interacts = hadron & (rng.random(n) < emc["hadron_interaction_prob"])
     antibaryon = (pdg == -2212) | (pdg == -2112)
     # electromagnetic: resolution a/sqrt(E) ⊕ b, low-side leakage tail
-    stochastic = np.where(barrel, emc["sigma_e_stochastic_barrel"], emc["sigma_e_stochastic_endcap"])
-    constant = np.where(barrel, emc["sigma_e_constant_barrel"], emc["sigma_e_constant_endcap"])
+    stochastic = np.where(barrel, float(emc["sigma_e_stochastic_barrel"]), float(emc["sigma_e_stochastic_endcap"]))
+    constant = np.where(barrel, float(emc["sigma_e_constant_barrel"]), float(emc["sigma_e_constant_endcap"]))
     rel = _quad(stochastic / np.sqrt(np.maximum(e, 1e-3)), constant)
     leak = np.where(rng.random(n) < emc["leakage_tail_prob"], rng.exponential(emc["leakage_tail_mean"], n), 0.0)
     e_em = e * (1.0 + rel * rng.standard_normal(n) - leak)

@@ -402,7 +402,7 @@ class JpsiGenerator:
         pythia_seeds = seq.generate_state(len(self._classes))
         counts = rng.multinomial(n_events, self._fractions)
         parts = []
-        labels = []
+        labels: list[np.ndarray] = []
         for cls, count, pseed in zip(self._classes, counts, pythia_seeds, strict=True):
             if count == 0:
                 continue

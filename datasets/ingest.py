@@ -641,6 +641,8 @@ def _map_chunk(arrays: Mapping[str, Any], mapping: Mapping[str, Any], n_ev: int,
                 stacked = np.stack([ak.to_numpy(values(b[field])) for b in blocks], axis=1)
                 cols[field] = stacked.reshape(-1, *stacked.shape[2:])
             counts = np.full(n_ev, len(blocks))
+        if counts is None:  # a jagged block without a single branch: nothing says how many objects
+            raise SchemaError(f"{where}: tables.{table}.objects[0] maps no fields")
         for step in spec.get("derive", []) or []:
             _DERIVATIONS[step](cols)
         n_rows = int(counts.sum())

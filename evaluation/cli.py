@@ -8,6 +8,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -121,7 +122,7 @@ def evaluate(
     if gate_file is not None:
         outcome = check_gates(result.flat(), gate_file, family, result.channel).as_dict()
     paths = write_report(result, report_dir, outcome)
-    summary = {
+    summary: dict[str, Any] = {
         "passed": result.passed,
         "channel": result.channel,
         "n_tests": len(result.tests),

@@ -85,7 +85,8 @@ def widen_resolution(tables: Mapping[str, Mapping[str, np.ndarray]], factor: flo
         reco = np.asarray(tracks[c], dtype=np.float64)[matched]
         true = np.asarray(truth[c], dtype=np.float64)[rows[matched]]
         new.append(true + factor * (reco - true))
-    _set_momentum(tracks, *new, rows=np.flatnonzero(matched))
+    new_px, new_py, new_pz = new
+    _set_momentum(tracks, new_px, new_py, new_pz, rows=np.flatnonzero(matched))
     showers = out["showers"]
     rows = _truth_rows(out, "showers", "n_showers")
     # electromagnetic showers only: a muon's or hadron's deposit is not a measurement of its truth energy

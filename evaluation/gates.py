@@ -246,7 +246,7 @@ def promote(
     except MlflowException as exc:
         raise NotFound(f"model {model_name!r} has no version {version} in {client.tracking_uri}") from exc
 
-    artifact_path = f"evaluation/v{version}"
+    artifact_path: str | None = f"evaluation/v{version}"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         record = dict(data)
@@ -261,7 +261,7 @@ def promote(
         if model_version.run_id:
             client.log_artifacts(model_version.run_id, str(folder), artifact_path)
         else:
-            artifact_path = None  # type: ignore[assignment]
+            artifact_path = None
     tags = {
         "vbes.evaluation.passed": str(outcome.passed).lower(),
         "vbes.evaluation.gate_sha256": outcome.gate_sha256,

@@ -448,7 +448,8 @@ def reference_half_width(observable: Observable) -> float:
 def fixed_edges(observable: Observable, n_bins: int = 40) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Fixed bins for a spectrum from the reference's values (2-D: 12 x 12 bins for a Dalitz plot)."""
     if observable.kind == "spectrum2d":
-        return tuple(metrics.fixed_bins(observable.values[:, i], n_bins=12) for i in range(2))  # type: ignore[return-value]
+        return (metrics.fixed_bins(observable.values[:, 0], n_bins=12),
+                metrics.fixed_bins(observable.values[:, 1], n_bins=12))
     return metrics.fixed_bins(observable.values, n_bins=n_bins)
 
 
@@ -457,8 +458,8 @@ def _z_pvalue(z: float) -> float:
 
 
 def compare_observable(
-    sample: Observable, reference: Observable, edges: np.ndarray | tuple[Any, Any] | None = None
-) -> dict[str, dict[str, float]]:
+    sample: Observable, reference: Observable, edges: np.ndarray | tuple[Any, Any] | float | None = None
+) -> dict[str, dict[str, Any]]:
     """Compare one observable between a sample and a reference.
 
     ``edges``: fixed bins of a spectrum (2-D: a pair), or a peak's fixed window half-width (see

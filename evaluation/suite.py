@@ -149,9 +149,9 @@ def load_sample(
     if isinstance(source, FeatureTable):
         return Sample(source, [], {"n_events": len(source)})
     if isinstance(source, Mapping) and "events" in source:
-        return sample_from_tables(source, channel)  # type: ignore[arg-type]
+        return sample_from_tables(source, channel)
     if isinstance(source, (Mapping, np.ndarray)):
-        table = table_from_array(source)  # type: ignore[arg-type]
+        table = table_from_array(source)
         return Sample(table, [], {"n_events": len(table)})
     path = Path(source)
     if not path.exists():
