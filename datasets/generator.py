@@ -402,14 +402,12 @@ class JpsiGenerator:
         pythia_seeds = seq.generate_state(len(self._classes))
         counts = rng.multinomial(n_events, self._fractions)
         parts = []
-        labels: list[np.ndarray] = []
         for cls, count, pseed in zip(self._classes, counts, pythia_seeds, strict=True):
             if count == 0:
                 continue
             dec = self._decayer(cls)
             dec.reseed(int(pseed))
             parts.append(dec.generate(int(count), rng, kskpi_filter=self.channel == "kskpi"))
-            labels.append(np.full(int(count), len(labels)))
         rec = parts[0] if len(parts) == 1 else _concat(parts)
         if len(parts) > 1:  # mix the classes of the inclusive sample into a random event order
             new_order = rng.permutation(rec.n_events)
