@@ -125,6 +125,14 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+def _sha256_of_name(conn: sa.Connection, lname: LogicalName) -> str | None:
+    """The SHA-256 a logical name points to, or None when the name is unknown."""
+    sha: str | None = conn.execute(
+        sa.select(names_table.c.sha256).where(names_table.c.scope == lname.scope, names_table.c.name == lname.name)
+    ).scalar_one_or_none()
+    return sha
+
+
 @dataclass(frozen=True)
 class ReplicaRecord:
     """A replica of a file on one tier."""
@@ -318,11 +326,7 @@ class Catalog:
     def lookup(self, lname: LogicalName) -> FileRecord:
         """The file a logical name points to; :class:`NotFound` when there is none."""
         with self.engine.connect() as conn:
-            sha = conn.execute(
-                sa.select(names_table.c.sha256).where(
-                    names_table.c.scope == lname.scope, names_table.c.name == lname.name
-                )
-            ).scalar_one_or_none()
+            sha = _sha256_of_name(conn, lname)
             if sha is None:
                 raise NotFound(f"no file named {lname} in the archive catalog")
             return self._file(conn, sha)
@@ -473,12 +477,7 @@ class Catalog:
         if new and row.state == "closed":
             raise DatasetClosed(f"dataset {did} is closed; cannot add {new[0]}")
         for member in new:
-            exists = conn.execute(
-                sa.select(names_table.c.sha256).where(
-                    names_table.c.scope == member.scope, names_table.c.name == member.name
-                )
-            ).scalar_one_or_none()
-            if exists is None:
+            if _sha256_of_name(conn, member) is None:
                 raise NotFound(f"no file named {member} in the archive catalog (put it first)")
             conn.execute(
                 members_table.insert().values(
