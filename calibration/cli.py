@@ -62,7 +62,7 @@ def calib(ctx: click.Context, url: str | None) -> None:
 @calib.command("init")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def init_cmd(as_json: bool) -> None:
-    """Create the default tags (idempotent): BOSS-6.6.4 from the talk's table, BOSS-6.6.4-sim from its spec."""
+    """Create the default tags (idempotent): BOSS-6.6.4 from the talk's table, the simulation tags from their specs."""
     with _store() as store:
         report = store.init_defaults()
     if as_json:

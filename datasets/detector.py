@@ -61,7 +61,7 @@ CM_PER_GEV_TESLA = 100.0 / 0.299792458
 #: payload types the detector model reads
 REQUIRED_PAYLOAD_TYPES = ("Beam", "Mdc", "Dedx", "Tof", "Emc", "Muc")
 #: the simulation tag's payload file (package data of vbes.calibration)
-SIM_CONSTANTS_FILE = Path(__file__).resolve().parents[1] / "calibration" / "data" / "boss-6.6.4-sim.yaml"
+SIM_CONSTANTS_FILE = Path(__file__).resolve().parents[1] / "calibration" / "data" / "boss-6.6.4-sim-2.yaml"
 
 Constants = Mapping[str, Mapping[str, Any]]
 _MASSES = np.asarray(HYPOTHESIS_MASSES)

@@ -40,7 +40,7 @@ __all__ = [
     "simulate",
 ]
 
-SIM_TAG = "BOSS-6.6.4-sim"
+SIM_TAG = "BOSS-6.6.4-sim-2"
 DETECTOR_MODEL = "vbes BESIII-like parametric response"
 DETECTOR_MODEL_VERSION = "1"
 _CHUNK_EVENTS = 50_000

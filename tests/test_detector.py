@@ -165,8 +165,8 @@ def test_run_ranges_use_their_own_calibration(sim_store) -> None:
         own = t["tracks"]["emc_index"] >= 0
         return float(np.median(t["tracks"]["emc_energy"][own] / t["tracks"]["p"][own]))
 
-    scale_b = sim_store.get("BOSS-6.6.4-sim", "Emc", -25000).constants["energy_scale"]
-    scale_c = sim_store.get("BOSS-6.6.4-sim", "Emc", -15000).constants["energy_scale"]
+    scale_b = sim_store.get("BOSS-6.6.4-sim-2", "Emc", -25000).constants["energy_scale"]
+    scale_c = sim_store.get("BOSS-6.6.4-sim-2", "Emc", -15000).constants["energy_scale"]
     assert scale_b != scale_c
     ratio = e_over_p((-15100, -15001)) / e_over_p((-25100, -25001))
     assert ratio == pytest.approx(scale_c / scale_b, abs=0.006)
@@ -187,13 +187,13 @@ def test_generate_command_end_to_end(run_cli, vbes_home: Path, tmp_path: Path) -
     assert info["n_events"] == 3000
     prov = info["provenance"]
     assert prov["channel"] == "rhopi" and prov["seed"] == 5 and prov["runs"] == [-10010, -9991]
-    assert prov["calibration_tag"] == "BOSS-6.6.4-sim"
+    assert prov["calibration_tag"] == "BOSS-6.6.4-sim-2"
     with CalibrationStore.from_settings(load_settings()) as store:
         for run in (-10010, -9991):
             for ptype in ("Emc", "Tof", "Mdc", "Dedx", "Muc", "Beam"):
                 recorded = prov["calibration_payloads"][ptype]
                 recorded = [recorded] if isinstance(recorded, str) else recorded
-                assert store.get("BOSS-6.6.4-sim", ptype, run).sha256 in recorded
+                assert store.get("BOSS-6.6.4-sim-2", ptype, run).sha256 in recorded
     assert len(prov["calibration_payloads"]["Emc"]) == 2
     events = read_events(out)
     assert events["events"]["run"].min() == -10010 and events["events"]["run"].max() == -9991

@@ -29,7 +29,7 @@ PROVENANCE = {
     "runs": [-10000, -9000],
     "detector_model": "none",
     "detector_model_version": "0",
-    "calibration_tag": "BOSS-6.6.4-sim",
+    "calibration_tag": "BOSS-6.6.4-sim-2",
     "calibration_payloads": {"Emc": "ab" * 32, "Tof": "cd" * 32},
     "software": "vbes test",
 }
