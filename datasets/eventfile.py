@@ -75,6 +75,7 @@ __all__ = [
     "slice_events",
     "summarize",
     "check_column_range",
+    "check_output_path",
     "EventTables",
     "Verification",
     "Tables",
@@ -227,11 +228,22 @@ def check_column_range(where: str, table: str, field: Field, values: Any) -> np.
     Raises:
         SchemaError: naming the column, the first value out of range and the dtype's range.
     """
-    arr = np.asarray(values)
     target = np.dtype(field.dtype)
+    python_ints = False
+    if not isinstance(values, np.ndarray) and target.kind in "iu":
+        # Python integers beyond int64 would make an object array or raise OverflowError: compare them as such
+        flat = np.asarray(values, dtype=object).reshape(-1)
+        python_ints = bool(flat.size) and all(isinstance(v, (int, np.integer)) for v in flat)
+        if python_ints:
+            values = np.asarray(values, dtype=np.int64 if -(2**63) <= min(flat) and max(flat) < 2**63 else object)
+    arr = np.asarray(values)
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.int8)
+    if arr.size and not python_ints and not np.can_cast(arr.dtype, target, "same_kind"):
+        raise SchemaError(f"{where}: {table}.{field.name} has dtype {arr.dtype}, not castable to {target}")
     bad: np.ndarray | None = None
     if arr.size and not np.can_cast(arr.dtype, target, "safe"):
-        if target.kind in "iu" and arr.dtype.kind in "iu":
+        if target.kind in "iu" and arr.dtype.kind in "iuO":
             info = np.iinfo(target)
             if arr.min() < info.min or arr.max() > info.max:
                 bad = (arr < info.min) | (arr > info.max)
@@ -246,10 +258,14 @@ def check_column_range(where: str, table: str, field: Field, values: Any) -> np.
     if bad is not None:
         flat_index = int(np.argmax(bad.reshape(-1)))
         row = flat_index // max(int(np.prod(field.shape, dtype=np.int64)), 1)
-        limits = np.iinfo(target) if target.kind in "iu" else np.finfo(target)
+        value = arr.reshape(-1)[flat_index]
+        if target.kind in "iu":
+            limits = f"{np.iinfo(target).min}..{np.iinfo(target).max}"
+        else:
+            limits = f"-{np.finfo(target).max:.7g}..{np.finfo(target).max:.7g}"
         raise SchemaError(
-            f"{where}: {table}.{field.name} value {arr.reshape(-1)[flat_index].item()} (row {row}) does not fit "
-            f"its {target.name} column (range {limits.min}..{limits.max})"
+            f"{where}: {table}.{field.name} value {getattr(value, 'item', lambda: value)()} (row {row}) does not "
+            f"fit its {target.name} column (range {limits})"
         )
     return arr.astype(target, copy=False)
 
@@ -311,14 +327,8 @@ def _coerce_batch(
         cols: dict[str, np.ndarray] = {}
         for field in table_fields:
             if field.name in columns:
-                arr = np.asarray(columns[field.name])
-                if arr.dtype.kind == "b":
-                    arr = arr.astype(np.int8)
                 target = np.dtype(field.dtype)
-                if not np.can_cast(arr.dtype, target, "same_kind") and not (arr.size == 0):
-                    raise SchemaError(
-                        f"{where}: {table}.{field.name} has dtype {arr.dtype}, not castable to {target}"
-                    )
+                arr = check_column_range(where, table, field, columns[field.name])
                 if n_rows is None:
                     n_rows = len(arr) if arr.ndim else -1
                 expected = (n_rows, *field.shape)
@@ -327,7 +337,6 @@ def _coerce_batch(
                         f"{where}: {table}.{field.name} has shape {arr.shape}, expected {expected} "
                         f"(inconsistent lengths)"
                     )
-                arr = check_column_range(where, table, field, arr)
                 if target.kind == "f":
                     _check_nan(where, table, field, arr)
             elif field.fill is not None or (field.mc_only and not mc) or (table != "events" and n_rows == 0):
@@ -348,6 +357,24 @@ def _coerce_batch(
 
 
 # --- writer ------------------------------------------------------------------------------------------
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """The file to write, refused up front (before any work) if it names a directory or a missing folder.
+
+    Args:
+        path: the output file.
+
+    Raises:
+        InvalidInput: ``path`` is a directory.
+        NotFound: its folder does not exist.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInput(f"{path}: is a directory; give the name of the file to write")
+    if not path.parent.is_dir():
+        raise NotFound(f"{path}: folder {path.parent} does not exist")
+    return path
 
 
 class EventWriter:
@@ -383,9 +410,7 @@ class EventWriter:
         compression: str = "gzip",
         expected_digest: str | None = None,
     ) -> None:
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise InvalidInput(f"{self.path}: is a directory; give the event file to write")
+        self.path = check_output_path(path)
         self.expected_digest = expected_digest
         if compression not in COMPRESSION:
             raise InvalidInput(
@@ -433,8 +458,7 @@ class EventWriter:
         """Create the temporary file and its empty datasets (``with`` does this)."""
         if self._file is not None or self._closed:
             raise InvalidInput(f"{self.path}: writer already opened")
-        if not self.path.parent.is_dir():
-            raise NotFound(f"{self.path}: folder {self.path.parent} does not exist")
+        check_output_path(self.path)
         self._tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:12]}.partial"
         self._file = h5py.File(self._tmp, "w")
         try:
