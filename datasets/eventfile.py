@@ -913,6 +913,7 @@ class _EventFile:
         if verify == "all":
             return _Verifier(self, file_fields)
         requested = {(t, n) for t, names in wanted.items() for n in names}
+        requested |= {("events", COUNT_FIELD[t]) for t in wanted if t in COUNT_FIELD}  # returned with them
         return _Verifier(self, [key for key in file_fields if key in requested])
 
     def read(
