@@ -979,13 +979,13 @@ class _EventFile:
             verifier.done_to(start, stop)
         n_rows = {t: row_ranges[t][1] - row_ranges[t][0] for t in requested}
         out = migrate_tables({t: raw[t] for t in requested}, self.version, n_rows)
-        for table, names in requested.items():
-            missing = [n for n in names if n not in out.get(table, {})]
+        for table, returned in requested.items():
+            missing = [n for n in returned if n not in out.get(table, {})]
             if missing:
                 raise SchemaError(
                     f"{path}: field {table}.{missing[0]} is missing and no migration supplies it"
                 )
-            out[table] = {n: out[table][n] for n in names}
+            out[table] = {n: out[table][n] for n in returned}
         return out
 
 
