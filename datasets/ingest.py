@@ -763,7 +763,9 @@ def ingest_root(
         for start in wrap(range(0, n, step_events), total=-(-n // step_events), desc="ingest", unit="chunk"):
             stop = min(start + step_events, n)
             arrays = _read_root(
-                source, f"events {start}:{stop}", lambda: ttree.arrays(branches, entry_start=start, entry_stop=stop, how=dict)
+                source,
+                f"events {start}:{stop}",
+                lambda: ttree.arrays(branches, entry_start=start, entry_stop=stop, how=dict),
             )
             writer.append(_map_chunk(arrays, loaded, stop - start, f"{source} events {start}:{stop}"))
     return file_info(output)
