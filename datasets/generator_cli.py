@@ -19,8 +19,8 @@ from vbes.cli import emit, progress, settings_from_context
 
 __all__ = ["generate"]
 
-#: well below what any channel takes per event (660 B for mumu, the smallest, at gzip level 1): a request
-#: that needs more disk than this even at this size is refused before any work starts
+#: well below what a generated event takes (measured: ~660 B for mumu and ~710 B for ee, 3000 events at gzip
+#: level 1): a request that needs more disk than this even at this size is refused before any work starts
 _MIN_BYTES_PER_EVENT = 100
 
 
