@@ -717,7 +717,7 @@ class _Verifier:
             if combined != ef.stored_digest:
                 raise CorruptFileError(
                     f"{ef.path}: the fields' {_FIELD_HASH_ATTR} attributes do not combine to the stored content "
-                    f"digest {ef.stored_digest[:16]}...; the hash attributes were altered"
+                    f"digest {ef.stored_digest[:16]}...; the digest or the hash attributes were altered"
                 )
         self.next_event = 0
 
