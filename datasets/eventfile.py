@@ -168,7 +168,7 @@ class _FieldHasher:
         field = self.fields[(table, name)]
         # hashed through a view of the buffer: a .tobytes() copy would cost as much as the hash
         contiguous = np.ascontiguousarray(values, dtype=np.dtype(field.dtype))
-        self.hashes[(table, name)].update(memoryview(contiguous.reshape(-1).view(np.uint8)))
+        self.hashes[(table, name)].update(contiguous.reshape(-1).view(np.uint8).data)
 
     def field_hexdigests(self) -> dict[tuple[str, str], str]:
         """The SHA-256 of each field so far (what the writer stores as the field's ``sha256`` attribute)."""
