@@ -1093,7 +1093,7 @@ def file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Returns:
         ``path``, ``n_events``, ``schema_version``, ``mc``, ``created``, ``provenance``, ``digest`` (the
-        stored content digest), ``rows`` (per table), ``size_bytes``.
+        stored content digest, not verified here: no array is read), ``rows`` (per table), ``size_bytes``.
     """
     with _EventFile(path) as ef:
         return {
