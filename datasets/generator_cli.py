@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -17,6 +18,31 @@ from vbes.datasets.simulation import SIM_TAG, generate_sample, parse_runs
 from vbes.cli import emit, progress, settings_from_context
 
 __all__ = ["generate"]
+
+#: well below what a generated event takes (measured: ~660 B for mumu and ~710 B for ee, 3000 events at gzip
+#: level 1): a request that needs more disk than this even at this size is refused before any work starts
+_MIN_BYTES_PER_EVENT = 100
+
+
+def _check_request(n_events: int, output: Path, runs_text: str, runs: tuple[int, int], seed: int) -> None:
+    """Refuse, before anything is generated, what could only fail later or be stored wrongly."""
+    from vbes.datasets.eventfile import check_column_range
+    from vbes.datasets.schema import TABLES
+
+    from vbes.errors import InvalidInput
+
+    if seed < 0:
+        raise InvalidInput(f"--seed {seed}: a seed is a non-negative integer")
+    run_field = next(f for f in TABLES["events"] if f.name == "run")
+    check_column_range(f"--runs={runs_text}", "events", run_field, list(runs))
+    folder = output.parent if str(output.parent) else Path(".")
+    if folder.is_dir():
+        free = shutil.disk_usage(folder).free
+        if n_events * _MIN_BYTES_PER_EVENT > free:
+            raise InvalidInput(
+                f"-n {n_events}: the file would take at least {n_events * _MIN_BYTES_PER_EVENT / 1e9:,.0f} GB "
+                f"and {folder} has {free / 1e9:,.0f} GB free"
+            )
 
 
 @click.command()
@@ -40,6 +66,7 @@ def generate(channel: str, n_events: int, output: Path, runs_text: str, tag: str
     from vbes.errors import TagNotFound
 
     runs = parse_runs(runs_text)
+    _check_request(n_events, output, runs_text, runs, seed)
     settings = settings_from_context()
     with CalibrationStore.from_settings(settings) as store:
         try:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from vbes.datasets.eventfile import EventWriter, _one_line, file_info, iter_events
+from vbes.datasets.eventfile import EventWriter, _one_line, check_output_path, file_info, iter_events
 from vbes.datasets.schema import (
     COUNT_FIELD,
     OBJECT_TABLES,
@@ -118,7 +118,18 @@ def _open_root(path: Path, tree: str) -> tuple[Any, Any]:
     if tree not in root_file:
         keys = ", ".join(sorted({k.split(";")[0] for k in root_file.keys(recursive=False)})) or "none"
         raise InvalidInput(f"{path}: no tree {tree!r} (objects in the file: {keys})")
-    return root_file, root_file[tree]
+    return root_file, _read_root(path, f"tree {tree!r}", lambda: root_file[tree])
+
+
+def _read_root(source: Path, what: str, read: Callable[[], T]) -> T:
+    """``read()`` of ``what`` from a ROOT file; a damaged file (uproot raises many types) as one clear line."""
+    try:
+        return read()
+    except Exception as exc:
+        raise InvalidInput(
+            f"{source}: cannot read {what} ({type(exc).__name__}: {_one_line(exc)}); "
+            "the file is truncated or corrupt"
+        ) from None
 
 
 # --- BESIII DST ----------------------------------------------------------------------------------------
@@ -445,7 +456,7 @@ def ingest_besiii_dst(
     """
     import pybes3  # noqa: F401  (registers the BESIII classes with uproot)
 
-    source, output = Path(source), Path(output)
+    source, output = Path(source), check_output_path(output)
     code = channel_code(channel)
     _, tree = _open_root(source, "Event")
     missing = [b for b in _DST_BRANCHES.values() if b not in tree]
@@ -468,14 +479,11 @@ def ingest_besiii_dst(
     with EventWriter(output, provenance, mc=mc) as writer:
         for start in wrap(range(0, n, step_events), total=-(-n // step_events), desc="ingest", unit="chunk"):
             stop = min(start + step_events, n)
-            try:
-                arrays = {
-                    k: tree[b].array(entry_start=start, entry_stop=stop) for k, b in _DST_BRANCHES.items()
-                }
-            except Exception as exc:
-                raise InvalidInput(
-                    f"{source}: cannot read events {start}:{stop} ({type(exc).__name__}: {_one_line(exc)})"
-                ) from None
+            arrays = _read_root(
+                source,
+                f"events {start}:{stop}",
+                lambda: {k: tree[b].array(entry_start=start, entry_stop=stop) for k, b in _DST_BRANCHES.items()},
+            )
             writer.append(_dst_chunk(arrays, code))
     return file_info(output)
 
@@ -513,6 +521,8 @@ def load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise NotFound(f"{path}: no such mapping file")
     try:
         mapping = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise InvalidInput(f"{path}: not a mapping file (not YAML text: {_one_line(exc)})") from None
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{path}: not valid YAML ({_one_line(exc)})") from None
     if not isinstance(mapping, dict) or mapping.get("format") != "vbes-root-map/1":
@@ -660,7 +670,13 @@ def _map_chunk(arrays: Mapping[str, Any], mapping: Mapping[str, Any], n_ev: int,
 def _vbes_root_info(directory: Any) -> dict[str, Any] | None:
     if "vbes_info" not in directory:
         return None
-    return json.loads(str(directory["vbes_info"]))
+    try:
+        info = json.loads(_read_root(Path(directory.file_path), "vbes_info", lambda: str(directory["vbes_info"])))
+    except ValueError as exc:
+        raise InvalidInput(f"{directory.file_path}: vbes_info is not valid JSON ({_one_line(exc)})") from None
+    if not isinstance(info, dict):
+        raise InvalidInput(f"{directory.file_path}: vbes_info is not a JSON object")
+    return info
 
 
 def _identity_mapping(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -704,7 +720,7 @@ def ingest_root(
         step_events: events read per chunk.
         progress: optional progress wrapper.
     """
-    source, output = Path(source), Path(output)
+    source, output = Path(source), check_output_path(output)
     loaded = load_mapping(mapping) if isinstance(mapping, (str, os.PathLike)) else mapping
     tree_name = tree or (loaded or {}).get("tree") or "events"
     directory, ttree = _open_root(source, tree_name)
@@ -741,10 +757,16 @@ def ingest_root(
         )
     n = ttree.num_entries
     wrap = progress or _no_progress
-    with EventWriter(output, provenance, mc=bool(loaded.get("mc", False))) as writer:
+    # a file of 'vbes export-root' must give back the very arrays it was exported from
+    expected = str(info.get("content_digest")) if info is not None and mapping is None else None
+    with EventWriter(output, provenance, mc=bool(loaded.get("mc", False)), expected_digest=expected) as writer:
         for start in wrap(range(0, n, step_events), total=-(-n // step_events), desc="ingest", unit="chunk"):
             stop = min(start + step_events, n)
-            arrays = ttree.arrays(branches, entry_start=start, entry_stop=stop, how=dict)
+            arrays = _read_root(
+                source,
+                f"events {start}:{stop}",
+                lambda: ttree.arrays(branches, entry_start=start, entry_stop=stop, how=dict),
+            )
             writer.append(_map_chunk(arrays, loaded, stop - start, f"{source} events {start}:{stop}"))
     return file_info(output)
 
@@ -791,15 +813,13 @@ def export_root(
     """
     import uproot
 
-    source, output = Path(source), Path(output)
+    source, output = Path(source), check_output_path(output)
     info = file_info(source)
     if info["schema_version"] != SCHEMA_VERSION:
         raise SchemaError(
             f"{source}: schema version {info['schema_version']}; export reads it migrated to "
             f"{SCHEMA_VERSION}, rewrite it first with a current vbes"
         )
-    if not output.parent.is_dir():
-        raise NotFound(f"{output}: folder {output.parent} does not exist")
     tmp = output.parent / f".{output.name}.partial"
     wrap = progress or _no_progress
     empty = {"events": {f.name: np.zeros(0, f.dtype) for f in TABLES["events"]}}

@@ -79,7 +79,7 @@ def assign_runs(n_events: int, first: int, last: int) -> tuple[np.ndarray, np.nd
     n_runs = last - first + 1
     run = first + (np.arange(n_events, dtype=np.int64) * n_runs) // max(n_events, 1)
     starts = np.searchsorted(run, run, side="left")
-    return run.astype(np.int32), np.arange(n_events, dtype=np.int64) - starts
+    return run, np.arange(n_events, dtype=np.int64) - starts
 
 
 class _YamlConstants:

@@ -256,7 +256,7 @@ def test_nan_where_not_allowed(sample: tuple[Path, dict]) -> None:
     path, tables = sample
     with h5py.File(path, "r+") as f:
         f["showers/energy"][40] = np.nan
-    read_events(path, fields=["showers.x"])  # other fields still read
+    read_events(path, fields=["showers.x"], verify="read")  # other fields still read (and verified)
     owner = int(np.searchsorted(np.cumsum(tables["events"]["n_showers"]), 40, side="right"))
     with pytest.raises(SchemaError, match=r"NaN in showers\.energy \(row 40\)"):
         read_events(path, owner, owner + 1)
@@ -284,7 +284,12 @@ def test_altered_values_fail_the_digest(sample: tuple[Path, dict]) -> None:
     path, _ = sample
     with h5py.File(path, "r+") as f:
         f["truth/e"][5] = 1.0  # legal value, silently edited
-    read_events(path)
+    with pytest.raises(CorruptFileError, match=r"sample\.h5: content digest check failed: truth\.e differs"):
+        read_events(path)
+    with pytest.raises(CorruptFileError, match=r"truth\.e differs"):
+        read_events(path, fields=["events.run"])  # the whole file is verified, not only what is returned
+    part = read_events(path, 0, 10)  # a part cannot be verified, and says so
+    assert part.verification.note == "not verified: events 0:10 of 1000 read"
     with pytest.raises(CorruptFileError, match="content digest"):
         validate_file(path)
 
