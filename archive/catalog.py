@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from vbes.archive.checksums import Checksums
 from vbes.archive.names import LogicalName, parse_name
 
-from vbes.errors import ArchiveError, ConfigError, DatasetClosed, NameConflict, NotFound
+from vbes.errors import ConfigError, DatasetClosed, NameConflict, NotFound, StoreUnavailable
 
 __all__ = [
     "Catalog",
@@ -254,10 +254,9 @@ class Catalog:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             _meta.create_all(self.engine)
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DatabaseError as exc:  # OperationalError included; "file is not a database" is not one
             self.engine.dispose()
-            detail = " ".join(str(exc.orig).split())
-            raise ArchiveError(f"archive catalog {self.safe_url}: cannot open: {detail}") from exc
+            raise StoreUnavailable.opening(self.safe_url, str(exc.orig)) from exc
 
     def close(self) -> None:
         self.engine.dispose()
