@@ -816,14 +816,17 @@ class CalibrationStore:
         if iovs is None:
             iovs = self._iovs(conn, row.id)
         if row.state == "open":
-            if row.seal is not None:
-                raise TagSealBroken(f"tag {row.name} in {self._safe_url()} is open but carries the seal of a "
-                                    "published tag: it was reopened outside vbes; do not use it")
+            self._check_open(row)
         elif row.seal is None or row.seal != tag_seal(row._mapping, iovs):
             raise TagSealBroken(f"tag {row.name} in {self._safe_url()} is {row.state} but its content no longer "
                                 "matches the seal recorded when it was published: it was changed outside vbes; "
                                 "restore it from a snapshot")
         return list(iovs)
+
+    def _check_open(self, row: sa.Row[Any]) -> None:
+        if row.seal is not None:
+            raise TagSealBroken(f"tag {row.name} in {self._safe_url()} is open but carries the seal of a "
+                                "published tag: it was reopened outside vbes; do not use it")
 
     # -- schema ----------------------------------------------------------------------------------------
 
@@ -1123,6 +1126,8 @@ class CalibrationStore:
                                   _IOV.c.payload_sha256).where(_IOV.c.tag_id == src.id).order_by(_IOV.c.id)))
             tag_row = self._lock_tag(conn, tag)
             closed = tag_row.state != "open"
+            if not closed:
+                self._check_open(tag_row)
             if closed and replace:
                 raise TagStateError(f"tag {tag} is {tag_row.state}; its IoVs cannot change")
             if replace:
