@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +19,19 @@ from typing import Any
 import click
 import pytest
 import sqlalchemy as sa
+from vbes.archive import Archive
 from vbes.calibration import CalibrationStore, export_snapshot
 from vbes.calibration.store import SCHEMA_VERSION, normalize_url
 
-from vbes.errors import StoreUnavailable, TagSealBroken, TagStateError
+from vbes.errors import (
+    DatasetClosed,
+    InvalidInput,
+    NameConflict,
+    NotFound,
+    StoreUnavailable,
+    TagSealBroken,
+    TagStateError,
+)
 
 TAG = "P"
 
@@ -225,3 +237,139 @@ def test_usage_errors_are_one_line_for_every_subcommand(vbes_home: Path, run_cli
     missing = run_cli("archive", "put")
     assert missing.stderr == ("vbes: error: vbes archive put: Missing argument 'FILE'. "
                               "(see 'vbes archive put --help')\n")
+
+
+# --- archive: 5, 6, 7, 8, 9 ------------------------------------------------------------------------------
+
+
+def _archive(tmp_path: Path, db_url: str) -> Archive:
+    return Archive(db_url, {"hot": str(tmp_path / "hot"), "cold": str(tmp_path / "cold")})
+
+
+def _content_files(root: Path) -> list[Path]:
+    """Every file of a tier, temporary ones included."""
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def _condemn(archive: Archive, sha: str) -> None:
+    """Both replicas destroyed and confirmed bad by an audit."""
+    for tier in archive.tiers.values():
+        path = Path(tier.content_path(sha))
+        path.chmod(0o644)
+        path.write_bytes(b"rot")
+    report = archive.audit()
+    assert len(report.bad) == 2 and len(report.lost) == 1
+
+
+@pytest.mark.parametrize("new_name", [False, True], ids=["same-name", "new-name"])
+def test_putting_known_bytes_again_heals_every_replica(tmp_path: Path, db_url: str, new_name: bool,
+                                                        vbes_home: Path, run_cli: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"the only copy of run 8093" * 100)
+    monkeypatch.setenv("VBES_ARCHIVE_URL", db_url)
+    monkeypatch.setenv("VBES_ARCHIVE_HOT", str(tmp_path / "hot"))
+    monkeypatch.setenv("VBES_ARCHIVE_COLD", str(tmp_path / "cold"))
+    assert run_cli("archive", "put", src, "--name", "mc:f.bin").exit_code == 0
+    with _archive(tmp_path, db_url) as archive:
+        sha = archive.info("mc:f.bin").sha256
+        _condemn(archive, sha)
+        assert archive.info("mc:f.bin").status == "lost"
+    result = run_cli("archive", "put", src, "--name", "mc:g.bin" if new_name else "mc:f.bin", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(json.loads(result.stdout)["written_tiers"]) == ["cold", "hot"]
+    with _archive(tmp_path, db_url) as archive:
+        record = archive.info("mc:f.bin")
+        assert record.status == "ok" and {r.state for r in record.replicas} == {"available"}
+        for tier in archive.tiers.values():
+            assert Path(tier.content_path(sha)).read_bytes() == src.read_bytes()
+        assert archive.audit().exit_code == 0
+
+
+def test_a_refused_put_writes_nothing_and_audit_reports_dark_files(tmp_path: Path, db_url: str) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"refused content")
+    with _archive(tmp_path, db_url) as archive:
+        (tmp_path / "a.bin").write_bytes(b"a")
+        archive.put(tmp_path / "a.bin", "mc:a.bin")
+        archive.create_dataset("mc:closed")
+        archive.close_dataset("mc:closed")
+        before = _content_files(tmp_path / "hot") + _content_files(tmp_path / "cold")
+        with pytest.raises(NotFound, match="no dataset mc:nope in the archive catalog"):
+            archive.put(src, "mc:f.bin", dataset="mc:nope")
+        with pytest.raises(DatasetClosed, match="dataset mc:closed is closed; cannot add mc:f.bin"):
+            archive.put(src, "mc:f.bin", dataset="mc:closed")
+        with pytest.raises(NameConflict, match="mc:a.bin already names content"):
+            archive.put(src, "mc:a.bin")
+        assert _content_files(tmp_path / "hot") + _content_files(tmp_path / "cold") == before
+        assert archive.audit().exit_code == 0
+        # a file nobody catalogued is a finding
+        (tmp_path / "hot" / "stray.dat").write_bytes(b"dark")
+        report = archive.audit()
+        assert [d["kind"] for d in report.dark] == ["stray"] and report.exit_code == 3
+
+
+def test_a_put_that_stopped_after_the_hot_write_is_below_policy(tmp_path: Path, db_url: str,
+                                                                vbes_home: Path, run_cli: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"hot only" * 1000)
+    with _archive(tmp_path, db_url) as archive:
+        archive.put(src, "mc:f.bin", tiers=["hot"])  # what a put killed before the cold copy leaves
+    monkeypatch.setenv("VBES_ARCHIVE_URL", db_url)
+    monkeypatch.setenv("VBES_ARCHIVE_HOT", str(tmp_path / "hot"))
+    monkeypatch.setenv("VBES_ARCHIVE_COLD", str(tmp_path / "cold"))
+    info = run_cli("archive", "info", "mc:f.bin")
+    assert "status      degraded" in info.stdout and "cold: none (below replica policy)" in info.stdout
+    audit = run_cli("archive", "audit")
+    assert audit.exit_code == 3
+    assert "below policy   mc:f.bin  cold  below replica policy: no replica on this tier" in audit.stdout
+    assert "1 below replica policy" in audit.stdout
+    repaired = run_cli("archive", "audit", "--repair")
+    assert repaired.exit_code == 0, repaired.stdout + repaired.stderr
+    assert run_cli("archive", "audit").exit_code == 0
+    assert "status      ok" in run_cli("archive", "info", "mc:f.bin").stdout
+
+
+@pytest.mark.parametrize("parent, error, message", [
+    ("notahash", InvalidInput, "parent 'notahash' is not a SHA-256 \\(64 hex digits\\)"),
+    ("ab" * 31, InvalidInput, "is not a SHA-256"),
+    ("ab" * 32, NotFound, "parent sha256=(ab){32} is not in the archive"),
+])
+def test_a_parent_must_be_an_archived_sha256(tmp_path: Path, db_url: str, parent: str,
+                                             error: type[Exception], message: str) -> None:
+    src = tmp_path / "child.bin"
+    src.write_bytes(b"child")
+    with _archive(tmp_path, db_url) as archive:
+        with pytest.raises(error, match=message):
+            archive.put(src, "mc:child.bin", parents=[parent])
+        assert archive.ls() == [] and _content_files(tmp_path / "hot") == []
+        mother = tmp_path / "mother.bin"
+        mother.write_bytes(b"mother")
+        sha = archive.put(mother, "mc:mother.bin").sha256
+        record = archive.put(src, "mc:child.bin", parents=[sha.upper()]).record
+        assert record.metadata["parents"] == [sha]
+
+
+def test_cli_refuses_a_parent_that_is_not_a_hash(tmp_path: Path, vbes_home: Path, run_cli: Any) -> None:
+    src = tmp_path / "child.bin"
+    src.write_bytes(b"child")
+    result = run_cli("archive", "put", src, "--name", "mc:child.bin", "--parent", "notahash")
+    assert result.exit_code == 1
+    assert result.stderr == "vbes: error: parent 'notahash' is not a SHA-256 (64 hex digits)\n"
+    assert run_cli("archive", "ls").stdout == ""
+
+
+def test_a_killed_get_leaves_no_temporary_file_that_survives_the_next_get(tmp_path: Path) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(1 << 16))
+    out = tmp_path / "out"
+    out.mkdir()
+    # what a get killed mid-write leaves where the filesystem has no unnamed files: a dead writer's temp
+    dead = out / f".f.bin.vbes-get-{socket.gethostname()}-999999999-{'0' * 32}.part"
+    dead.write_bytes(b"half")
+    with _archive(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite'}") as archive:
+        archive.put(src, "mc:f.bin")
+        archive.get("mc:f.bin", out / "other.bin")
+    assert sorted(p.name for p in out.iterdir()) == ["other.bin"]
+    assert (out / "other.bin").read_bytes() == src.read_bytes()
