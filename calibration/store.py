@@ -817,7 +817,7 @@ class CalibrationStore:
             iovs = self._iovs(conn, row.id)
         if row.state == "open":
             self._check_open(row)
-        elif row.seal is None or row.seal != tag_seal(row._mapping, iovs):
+        elif row.seal is None or row.seal != tag_seal(dict(row._mapping), iovs):
             raise TagSealBroken(f"tag {row.name} in {self._safe_url()} is {row.state} but its content no longer "
                                 "matches the seal recorded when it was published: it was changed outside vbes; "
                                 "restore it from a snapshot")
@@ -876,7 +876,7 @@ class CalibrationStore:
             conn.exec_driver_sql("ALTER TABLE global_tag ADD COLUMN seal VARCHAR(64)")
             for row in conn.execute(sa.select(_TAG).where(_TAG.c.state != "open")).all():
                 conn.execute(_TAG.update().where(_TAG.c.id == row.id)
-                             .values(seal=tag_seal(row._mapping, self._iovs(conn, row.id))))
+                             .values(seal=tag_seal(dict(row._mapping), self._iovs(conn, row.id))))
             conn.execute(_SCHEMA.update().where(_SCHEMA.c.key == "schema_version")
                          .values(value=str(SCHEMA_VERSION)))
             self._create_guards(conn)
