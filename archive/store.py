@@ -8,10 +8,12 @@ Order of a ``put``, chosen so that a crash at any point leaves a consistent arch
 2. record file, name and hot replica in the catalog in one transaction;
 3. copy the hot replica to every other tier (``cold``), checksumming the copy, and record each replica.
 
-A crash in 1 leaves only a temporary file (swept later), in 2 at worst a complete, correctly named file the
-catalog does not know yet (reported as dark by an audit, adopted by the retry), in 3 a catalogued file with
-fewer replicas (completed by the retry or by ``audit --repair``). Never a half-written file under a content
-name, never a catalog entry without its bytes.
+A crash in 1 leaves only a temporary file (swept by the next write or ``audit --repair``), in 2 at worst a
+complete, correctly named file the catalog does not know yet (a dark file: an audit finding until the retry
+adopts it), in 3 a catalogued file below the replica policy (one available replica on every configured tier:
+``info`` says ``degraded``, an audit finding until the retry or ``audit --repair`` completes it). Never a
+half-written file under a content name, never a catalog entry without its bytes. A refused ``put`` (unknown
+or closed dataset, name conflict, bad parent) is refused before anything is written.
 
 Example:
     >>> import tempfile, pathlib

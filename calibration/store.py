@@ -11,7 +11,19 @@ Model (after the BESIII offline database, the HSF conditions-database reference 
   never overlap; a gap is a gap.
 
 The rules are enforced by the database itself (triggers), not only by this class, so no other path -- a
-second process, raw SQL -- can change a published tag or create an overlap. Writers serialise per tag:
+second process, raw SQL -- can change a published tag or create an overlap. The guards do not depend on the
+client's settings: on SQLite, ``INSERT OR REPLACE`` / ``UPDATE OR REPLACE`` delete the row they collide with
+without firing a delete trigger (unless ``PRAGMA recursive_triggers``) and the sqlite3 shell runs with
+foreign keys off, so every INSERT and UPDATE is refused before it can collide with a row of a published tag,
+a stored payload (by hash or rowid) or the schema record.
+
+A tag that leaves ``open`` records its **seal** (:func:`tag_seal`): the SHA-256 of its record and IoVs.
+Every read of a published or invalid tag (lookups, ``iovs``, ``tag_info``, snapshots, clones) recomputes it,
+and every payload read checks the payload's own SHA-256, so a change made behind the guards (triggers
+dropped, PostgreSQL ``session_replication_role = replica``, the file edited) is refused with
+:class:`~vbes.errors.TagSealBroken` / :class:`~vbes.errors.CorruptStore` instead of being served. A store of
+schema 1 (before seals) is migrated when first opened: its tags that already left ``open`` are sealed as they
+are then (the schema-1 guards had kept them unchanged). Writers serialise per tag:
 SQLite takes the database write lock at ``BEGIN IMMEDIATE``; PostgreSQL locks the tag's row
 (``SELECT ... FOR UPDATE``), and the IoV trigger takes the same lock, so a raw writer queues too. Publishing
 never waits for a writer: if another transaction is writing, the publish is refused (and the writer is
