@@ -835,6 +835,13 @@ class CalibrationStore:
                                 "restore it from a snapshot")
         return list(iovs)
 
+    def _verify_tag(self, conn: Connection, row: sa.Row[Any]) -> None:
+        """:meth:`_check_seal` without loading the IoVs of an open tag (which has no seal to check)."""
+        if row.state == "open":
+            self._check_open(row)
+        else:
+            self._check_seal(conn, row)
+
     def _check_open(self, row: sa.Row[Any]) -> None:
         if row.seal is not None:
             raise TagSealBroken(f"tag {row.name} in {self._safe_url()} is open but carries the seal of a "
@@ -945,7 +952,7 @@ class CalibrationStore:
             src = self._lock_tag(conn, source)
             if src.state == "invalid":
                 raise TagStateError(f"tag {source} is invalid; it cannot be used, not even to clone")
-            self._check_seal(conn, src)
+            self._verify_tag(conn, src)
             new_id = self._insert_tag(conn, name, src.boss_release,
                                       purpose if purpose is not None else f"clone of {source}", parent=source)
             conn.execute(_IOV.insert().from_select(
@@ -971,7 +978,7 @@ class CalibrationStore:
                 allowed = ("open",) if new_state == "published" else ("open", "published")
                 if row.state not in allowed:
                     raise TagStateError(f"cannot {verb} tag {name}: it is {row.state}")
-                self._check_seal(conn, row)
+                self._verify_tag(conn, row)
                 stamp = now_iso()
                 values: dict[str, Any] = {"state": new_state}
                 values["published_at" if new_state == "published" else "invalidated_at"] = stamp
@@ -998,7 +1005,7 @@ class CalibrationStore:
         """A tag's record, its IoV count and, per payload type, the IoV count and data/MC run coverage."""
         with self._read() as conn:
             row = self._tag_row(conn, name)
-            self._check_seal(conn, row)
+            self._verify_tag(conn, row)
             stats = conn.execute(
                 sa.select(_IOV.c.payload_type, sa.func.count(), sa.func.min(_IOV.c.first_run),
                           sa.func.max(_IOV.c.last_run),
@@ -1123,7 +1130,7 @@ class CalibrationStore:
                 if src is not None and src.state == "invalid":
                     raise TagStateError(f"tag {clone_of} is invalid; it cannot be used, not even to clone")
                 if src is not None:
-                    self._check_seal(conn, src)
+                    self._verify_tag(conn, src)
                 try:
                     new_id: int | None = self._insert_tag(
                         conn, tag, create.get("boss_release", src.boss_release if src else ""),
@@ -1324,7 +1331,7 @@ class CalibrationStore:
         """The tag's own fields that a snapshot preserves (no database ids or counters)."""
         with self._read() as conn:
             row = self._tag_row(conn, name)
-            self._check_seal(conn, row)
+            self._verify_tag(conn, row)
         return {k: row._mapping[k] for k in RECORD_FIELDS}
 
     def init_defaults(self) -> InitReport:
