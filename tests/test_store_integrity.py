@@ -20,10 +20,11 @@ import click
 import pytest
 import sqlalchemy as sa
 from vbes.archive import Archive
-from vbes.calibration import CalibrationStore, export_snapshot
+from vbes.calibration import CalibrationStore, Payload, export_snapshot
 from vbes.calibration.store import SCHEMA_VERSION, normalize_url
 
 from vbes.errors import (
+    CorruptStore,
     DatasetClosed,
     InvalidInput,
     NameConflict,
@@ -140,6 +141,16 @@ def test_every_read_of_a_published_tag_checks_its_seal(store: CalibrationStore, 
             assert what
         assert not (tmp_path / "p.tar").exists()
         assert "copy" not in {t["name"] for t in fresh.list_tags()}
+
+
+def test_a_payload_swapped_behind_the_guards_is_refused(store: CalibrationStore) -> None:
+    sha = store.get(TAG, "EsTime", 150).sha256
+    other = store.put_payload(Payload.build("EsTime", {"t0": 9.9}, {"serno": 1}))
+    _behind_the_guards(store, f"UPDATE payload SET blob = (SELECT blob FROM payload WHERE sha256 = "
+                              f"'{other.sha256}') WHERE sha256 = '{sha}'")
+    with CalibrationStore(store.url) as fresh:
+        with pytest.raises(CorruptStore, match=f"payload {sha} is corrupt in .*: payload bytes hash to {other.sha256}, not {sha}"):
+            fresh.get(TAG, "EsTime", 150)
 
 
 def test_a_tag_reopened_behind_the_guards_is_refused(store: CalibrationStore) -> None:
