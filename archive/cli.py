@@ -42,7 +42,13 @@ def archive() -> None:
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Free metadata (repeatable).")
 @click.option("--parent", multiple=True, metavar="SHA256", help="SHA-256 of a file this one derives from.")
 @click.option("--calib-tag", help="Calibration global tag the file was made with.")
-@click.option("--tier", "tiers", multiple=True, help="Write only these tiers (default: every tier).")
+@click.option(
+    "--tier",
+    "tiers",
+    multiple=True,
+    help="Write only these tiers (default: every tier); the file is below the replica policy until "
+    "`audit --repair` or a put without --tier completes it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def put(
     file: Path,
