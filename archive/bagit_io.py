@@ -4,7 +4,8 @@ An exported bag holds the dataset's files under ``data/<scope>/<name>``, SHA-256
 manifests, tag manifests in both algorithms, a ``bag-info.txt`` naming the dataset and its provenance, and
 ``vbes-catalog.json`` (a tag file, so covered by the tag manifests) with every file's logical name, MD5,
 Adler-32, SHA-256 and metadata. The bag is assembled in a hidden staging folder beside the target and moved
-into place only after the ``bagit`` validator accepted it.
+into place only after the ``bagit`` validator accepted it; the exporter holds a lock on that folder, and the
+next export into the same parent folder removes staging folders whose exporter is gone (``kill -9``).
 
 A bag is imported only after full validation (every payload and tag checksum, the Payload-Oxum, no
 unlisted files); a tampered bag is refused before anything reaches the archive.
@@ -16,11 +17,12 @@ Example (``archive`` being an :class:`~vbes.archive.store.Archive` with a datase
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import shutil
-import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,14 @@ import bagit
 from vbes.archive.catalog import DatasetRecord, as_logical_name
 from vbes.archive.names import LogicalName, parse_name
 from vbes.archive.store import Archive
+from vbes.archive.tiers import partial_token, writer_is_gone
 
 from vbes.errors import BagError, InvalidInput, NameConflict, NotFound
 
 __all__ = ["export_bag", "import_bag", "CATALOG_TAG_FILE", "BAG_ALGORITHMS"]
 
 CATALOG_TAG_FILE = "vbes-catalog.json"
+_STAGING_MARK = ".vbes-bag-"
 BAG_ALGORITHMS = ("sha256", "sha512")
 
 
@@ -59,8 +63,11 @@ def export_bag(archive: Archive, dataset: str | LogicalName, dest: str | Path) -
     if not record.members:
         raise InvalidInput(f"dataset {record.did} has no files; nothing to export")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.staging"
+    _sweep_staging(dest.parent)
+    staging = dest.parent / f".{dest.name}{_STAGING_MARK}{partial_token()}"
     staging.mkdir()
+    lock = os.open(staging, os.O_RDONLY | os.O_CLOEXEC)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies: the folder is then stale
     try:
         files = []
         for member in record.members:
@@ -100,7 +107,18 @@ def export_bag(archive: Archive, dataset: str | LogicalName, dest: str | Path) -
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     return dest
+
+
+def _sweep_staging(folder: Path, stale_s: float = 3600.0) -> None:
+    """Remove the staging folders of exports into ``folder`` whose exporter is gone."""
+    for path in folder.glob(f".*{_STAGING_MARK}*.part"):
+        token = path.name.rsplit(_STAGING_MARK, 1)[1]
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir() and writer_is_gone(str(path), token, path.stat().st_mtime, stale_s):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _file_entry(record: Any) -> dict[str, Any]:

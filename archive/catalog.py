@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from vbes.archive.checksums import Checksums
 from vbes.archive.names import LogicalName, parse_name
 
-from vbes.errors import ArchiveError, ConfigError, DatasetClosed, NameConflict, NotFound
+from vbes.errors import ConfigError, DatasetClosed, NameConflict, NotFound, StoreUnavailable
 
 __all__ = [
     "Catalog",
@@ -165,18 +165,27 @@ class FileRecord:
     metadata: dict[str, Any]
     names: tuple[str, ...] = ()
     replicas: tuple[ReplicaRecord, ...] = ()
+    #: the tiers that must each hold an available replica (the archive's configured tiers)
+    policy: tuple[str, ...] = ()
 
     @property
     def checksums(self) -> Checksums:
         return Checksums(self.size, self.md5, self.adler32, self.sha256)
 
     @property
+    def below_policy(self) -> tuple[str, ...]:
+        """The tiers of the replica policy that hold no replica at all."""
+        present = {r.tier for r in self.replicas}
+        return tuple(t for t in self.policy if t not in present)
+
+    @property
     def status(self) -> str:
-        """``ok`` (every replica available), ``degraded`` (some available) or ``lost`` (none available)."""
+        """``ok`` (an available replica on every tier of the policy and every replica available),
+        ``degraded`` (some available) or ``lost`` (none available)."""
         available = sum(r.state == AVAILABLE for r in self.replicas)
         if available == 0:
             return "lost"
-        return "ok" if available == len(self.replicas) else "degraded"
+        return "ok" if available == len(self.replicas) and not self.below_policy else "degraded"
 
     def replica(self, tier: str) -> ReplicaRecord | None:
         return next((r for r in self.replicas if r.tier == tier), None)
@@ -191,6 +200,7 @@ class FileRecord:
             "created_at": self.created_at.isoformat(),
             "metadata": self.metadata,
             "status": self.status,
+            "below_policy": list(self.below_policy),
             "replicas": [r.as_dict() for r in self.replicas],
         }
 
@@ -228,9 +238,11 @@ class Catalog:
     Args:
         url: SQLAlchemy URL (``sqlite:///path.sqlite`` or ``postgresql+psycopg://user@host/db``). The schema
             is created when missing; a SQLite file's folder is created too.
+        policy: the tiers on which every file must have a replica (see :attr:`FileRecord.status`).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, policy: Sequence[str] = ()) -> None:
+        self.policy = tuple(policy)
         try:
             sa_url = sa.engine.make_url(url)
         except sa.exc.ArgumentError as exc:
@@ -254,10 +266,9 @@ class Catalog:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             _meta.create_all(self.engine)
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DatabaseError as exc:  # OperationalError included; "file is not a database" is not one
             self.engine.dispose()
-            detail = " ".join(str(exc.orig).split())
-            raise ArchiveError(f"archive catalog {self.safe_url}: cannot open: {detail}") from exc
+            raise StoreUnavailable.opening(self.safe_url, str(exc.orig)) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -348,7 +359,7 @@ class Catalog:
         replicas = conn.execute(
             sa.select(replicas_table).where(replicas_table.c.sha256 == sha256).order_by(replicas_table.c.tier)
         ).all()
-        return _file_record(row, [f"{n.scope}:{n.name}" for n in names], replicas)
+        return _file_record(row, [f"{n.scope}:{n.name}" for n in names], replicas, self.policy)
 
     def iter_files(self, batch: int = 500) -> Iterator[FileRecord]:
         """Every file, ordered by SHA-256, read in batches so a huge catalog does not fill memory."""
@@ -536,7 +547,7 @@ class Catalog:
         ).one_or_none()
 
 
-def _file_record(row: Any, names: list[str], replicas: Sequence[Any]) -> FileRecord:
+def _file_record(row: Any, names: list[str], replicas: Sequence[Any], policy: tuple[str, ...]) -> FileRecord:
     return FileRecord(
         sha256=row.sha256,
         size=int(row.size),
@@ -549,6 +560,7 @@ def _file_record(row: Any, names: list[str], replicas: Sequence[Any]) -> FileRec
             ReplicaRecord(r.tier, r.state, r.reason, _utc(r.updated_at), _utc(r.checked_at))
             for r in replicas
         ),
+        policy=policy,
     )
 
 

@@ -42,7 +42,13 @@ def archive() -> None:
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Free metadata (repeatable).")
 @click.option("--parent", multiple=True, metavar="SHA256", help="SHA-256 of a file this one derives from.")
 @click.option("--calib-tag", help="Calibration global tag the file was made with.")
-@click.option("--tier", "tiers", multiple=True, help="Write only these tiers (default: every tier).")
+@click.option(
+    "--tier",
+    "tiers",
+    multiple=True,
+    help="Write only these tiers (default: every tier); the file is below the replica policy until "
+    "`audit --repair` or a put without --tier completes it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def put(
     file: Path,
@@ -56,12 +62,12 @@ def put(
 ) -> None:
     """Archive FILE under SCOPE:NAME (MD5, Adler-32 and SHA-256 in one pass; a replica on every tier)."""
     metadata = parse_key_values(meta)
-    if parent:
-        metadata["parents"] = list(parent)
     if calib_tag:
         metadata["calibration_tag"] = calib_tag
     with _open_archive() as store:
-        result = store.put(file, name, dataset=dataset, metadata=metadata, tiers=tiers or None)
+        result = store.put(
+            file, name, dataset=dataset, metadata=metadata, tiers=tiers or None, parents=parent or None
+        )
     what = "archived" if result.created else "already archived (same content)"
     emit(
         result.as_dict(),
@@ -115,6 +121,8 @@ def info(name: str, as_json: bool) -> None:
     for replica in record.replicas:
         reason = f"  ({replica.reason})" if replica.reason else ""
         click.echo(f"{'replica':10s}  {replica.tier}: {replica.state}{reason}")
+    for tier in record.below_policy:
+        click.echo(f"{'replica':10s}  {tier}: none (below replica policy)")
 
 
 @archive.command()
@@ -130,7 +138,8 @@ def info(name: str, as_json: bool) -> None:
 def audit(ctx: click.Context, repair: bool, as_json: bool, report_path: Path | None) -> None:
     """Re-read every replica (size, MD5, Adler-32, SHA-256), find missing and dark files, optionally repair.
 
-    Exit status 3 while any replica is suspicious or bad, any file is lost, or a tier could not be checked.
+    Exit status 3 while any replica is suspicious or bad, any file is lost or below the replica policy (a
+    tier without its replica), a tier could not be checked, or a tier holds dark or abandoned files.
     """
     with _open_archive() as store:
         report = store.audit(
@@ -142,12 +151,19 @@ def audit(ctx: click.Context, repair: bool, as_json: bool, report_path: Path | N
     if as_json:
         emit(data, True)
     else:
-        for key in ("bad", "suspicious", "repaired", "repair_failed", "transient", "unchecked", "dark"):
+        labels = {"missing_replicas": "below policy"}
+        for key in ("bad", "suspicious", "missing_replicas", "repaired", "repair_failed", "transient",
+                    "unchecked", "dark", "partial"):
             for item in getattr(report, key):
                 where = item.get("location") or item.get("path") or item.get("tier")
+                reason = item.get("reason", "")
+                if key == "dark":
+                    reason = "not in the catalog (archive it again to adopt it, or remove it)"
+                elif key == "partial":
+                    reason = "removed" if item["removed"] else "abandoned" if item["abandoned"] else "in use"
                 click.echo(
-                    f"{key:14s} {','.join(item.get('names', [])) or '-'}  {where}  "
-                    f"{item.get('reason', '')}".rstrip()
+                    f"{labels.get(key, key):14s} {','.join(item.get('names', [])) or '-'}  {where}  "
+                    f"{reason}".rstrip()
                 )
         click.echo(f"audit: {report.summary()}")
     for item in report.lost:

@@ -8,10 +8,12 @@ Order of a ``put``, chosen so that a crash at any point leaves a consistent arch
 2. record file, name and hot replica in the catalog in one transaction;
 3. copy the hot replica to every other tier (``cold``), checksumming the copy, and record each replica.
 
-A crash in 1 leaves only a temporary file (swept later), in 2 at worst a complete, correctly named file the
-catalog does not know yet (reported as dark by an audit, adopted by the retry), in 3 a catalogued file with
-fewer replicas (completed by the retry or by ``audit --repair``). Never a half-written file under a content
-name, never a catalog entry without its bytes.
+A crash in 1 leaves only a temporary file (swept by the next write or ``audit --repair``), in 2 at worst a
+complete, correctly named file the catalog does not know yet (a dark file: an audit finding until the retry
+adopts it), in 3 a catalogued file below the replica policy (one available replica on every configured tier:
+``info`` says ``degraded``, an audit finding until the retry or ``audit --repair`` completes it). Never a
+half-written file under a content name, never a catalog entry without its bytes. A refused ``put`` (unknown
+or closed dataset, name conflict, bad parent) is refused before anything is written.
 
 Example:
     >>> import tempfile, pathlib
@@ -27,11 +29,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +53,17 @@ from vbes.archive.catalog import (
 )
 from vbes.archive.checksums import Checksums, ChecksumStream, checksum_chunks, checksum_file, read_chunks
 from vbes.archive.names import LogicalName
-from vbes.archive.tiers import Tier
+from vbes.archive.tiers import Tier, is_sha256, partial_token, writer_is_gone
 
-from vbes.errors import ChecksumMismatch, FileLost, InvalidInput, NameConflict, NotFound, TierError
+from vbes.errors import (
+    ChecksumMismatch,
+    DatasetClosed,
+    FileLost,
+    InvalidInput,
+    NameConflict,
+    NotFound,
+    TierError,
+)
 
 __all__ = ["Archive", "PutResult", "AuditReport", "AUDIT_PROBLEMS_EXIT"]
 
@@ -109,8 +121,11 @@ class AuditReport:
 
     @property
     def problems(self) -> int:
-        """Replicas still suspicious or bad, files lost, replicas that could not be checked."""
-        return len(self.suspicious) + len(self.bad) + len(self.lost) + len(self.unchecked)
+        """Replicas still suspicious or bad, files lost or below the replica policy (a tier without a
+        replica), replicas that could not be checked, dark files, abandoned temporary files still there."""
+        leftovers = [p for p in self.partial if p["abandoned"] and not p["removed"]]
+        return (len(self.suspicious) + len(self.bad) + len(self.lost) + len(self.unchecked)
+                + len(self.missing_replicas) + len(self.dark) + len(leftovers))
 
     @property
     def exit_code(self) -> int:
@@ -140,7 +155,8 @@ class AuditReport:
             "partial",
         ):
             if getattr(self, key):
-                parts.append(f"{len(getattr(self, key))} {key.replace('_', ' ')}")
+                label = "below replica policy" if key == "missing_replicas" else key.replace("_", " ")
+                parts.append(f"{len(getattr(self, key))} {label}")
         return "; ".join(parts)
 
 
@@ -164,7 +180,8 @@ class Archive:
             name: value if isinstance(value, Tier) else Tier(name, str(value))
             for name, value in tiers.items()
         }
-        self.catalog = Catalog(catalog_url)
+        # the replica policy: one available replica on every configured tier
+        self.catalog = Catalog(catalog_url, policy=tuple(self.tiers))
 
     @classmethod
     def from_settings(cls, settings: Any) -> Archive:
@@ -202,6 +219,7 @@ class Archive:
         dataset: str | LogicalName | None = None,
         metadata: dict[str, Any] | None = None,
         tiers: Iterable[str] | None = None,
+        parents: Iterable[str] | None = None,
     ) -> PutResult:
         """Archive a local file under ``scope:name`` with a replica on each tier (default: all tiers).
 
@@ -212,9 +230,13 @@ class Archive:
             metadata: free JSON metadata of the content (provenance, ``calibration_tag``, ``parents`` as
                 SHA-256 list, ...); kept from the first ``put`` of that content.
             tiers: tier names to write (the first is written in the checksum pass); default all.
+            parents: SHA-256 of archived files this one derives from (recorded as ``metadata["parents"]``);
+                each must be 64 hex digits and known to the archive.
 
-        Putting the same content under the same name again is a no-op (that also completes missing
-        replicas); the same name with other content raises :class:`NameConflict`.
+        Putting known content again (under its name or a new one) rewrites every replica on the chosen tiers
+        that is not ``available`` (missing, suspicious or bad), so a lost file is restored by archiving it
+        again; the same name with other content raises :class:`NameConflict`. Every refusal (unknown or
+        closed dataset, name conflict, bad parent) happens before anything is written.
         """
         lname = as_logical_name(name)
         ds = as_logical_name(dataset) if dataset is not None else None
@@ -227,6 +249,10 @@ class Archive:
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"metadata for {lname} is not JSON-serialisable: {exc}") from exc
         targets = self._tier_list(tiers)
+        if parents is not None:
+            meta["parents"] = self._check_parents(parents)
+        if ds is not None:
+            self._check_dataset_accepts(ds, lname)
 
         try:
             existing: FileRecord | None = self.catalog.lookup(lname)
@@ -275,6 +301,23 @@ class Archive:
             str(lname), sums.sha256, sums.size, created, tuple(written), self.catalog.file(sums.sha256)
         )
 
+    def _check_parents(self, parents: Iterable[str]) -> list[str]:
+        checked = []
+        for parent in parents:
+            sha = parent.lower() if isinstance(parent, str) else parent
+            if not isinstance(sha, str) or not is_sha256(sha):
+                raise InvalidInput(f"parent {parent!r} is not a SHA-256 (64 hex digits)")
+            if self._known(sha) is None:
+                raise NotFound(f"parent sha256={sha} is not in the archive (archive the parent first)")
+            checked.append(sha)
+        return checked
+
+    def _check_dataset_accepts(self, ds: LogicalName, lname: LogicalName) -> None:
+        """Refuse now what :meth:`Catalog.add_file` would refuse after the bytes were written."""
+        record = self.catalog.dataset(ds)  # NotFound for an unknown dataset
+        if record.state == "closed" and str(lname) not in record.members:
+            raise DatasetClosed(f"dataset {ds} is closed; cannot add {lname}")
+
     def _known(self, sha256: str) -> FileRecord | None:
         try:
             return self.catalog.file(sha256)
@@ -284,10 +327,10 @@ class Archive:
     def _complete_replicas(
         self, record: FileRecord, targets: list[Tier], source: Path | None, label: str
     ) -> list[str]:
-        """Write a replica on each target tier that has none in the catalog; returns the tiers written."""
+        """Write a replica on each target tier that has no available one; returns the tiers written."""
         written = []
         for tier in targets:
-            if record.replica(tier.name) is not None:
+            if _has_available(record, tier.name):
                 continue
             try:
                 if source is not None:
@@ -352,6 +395,11 @@ class Archive:
         Replicas are tried in tier order, ``available`` before ``suspicious``; a replica that turns out
         missing or corrupt is marked ``suspicious`` (the next audit confirms or clears it) and the next one is
         tried. ``dest`` appears only once a replica verified.
+
+        A ``get`` killed at any point leaves nothing beside ``dest``: the bytes go to an unnamed file
+        (``O_TMPFILE``) that gets its name only once complete and verified. Where the filesystem cannot
+        create unnamed files, a hidden, locked ``.NAME.vbes-get-<host>-<pid>-<random>.part`` is used instead,
+        and the next ``get`` into that folder removes any whose writer is gone.
         """
         lname = as_logical_name(name)
         record = self.catalog.lookup(lname)
@@ -365,31 +413,26 @@ class Archive:
         if not order:
             raise FileLost(f"{lname} (sha256={record.sha256}) is lost: no available replica")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+        _sweep_outputs(dest.parent)
         failures = []
         for tier in order:
             try:
-                with tmp.open("wb") as out, ChecksumStream() as stream:
+                with _Output(dest) as out, ChecksumStream() as stream:
                     for chunk in tier.read_chunks(record.sha256):
                         stream.update(chunk)
                         out.write(chunk)
                     got = stream.finish()
-                    out.flush()
-                    os.fsync(out.fileno())
+                    differ = record.checksums.mismatches(got)
+                    if not differ:
+                        out.commit()
+                        return record
             except FileNotFoundError:
                 reason = "missing"
             except TierError as exc:
                 failures.append(f"{tier.name}: {exc}")
                 continue  # the tier is unreachable: says nothing about the replica itself
             else:
-                differ = record.checksums.mismatches(got)
-                if not differ:
-                    os.replace(tmp, dest)
-                    return record
                 reason = f"{', '.join(differ)} differ on read"
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
             failures.append(f"{tier.name}: {reason}")
             replica = record.replica(tier.name)
             if replica is not None and replica.state == AVAILABLE:
@@ -474,7 +517,9 @@ class Archive:
         for tier in self.tiers.values():
             replica = record.replica(tier.name)
             if replica is None:
-                report.missing_replicas.append({**base, "tier": tier.name})
+                report.missing_replicas.append(
+                    {**base, "tier": tier.name, "reason": "below replica policy: no replica on this tier"}
+                )
                 if tier.name not in report.unreachable_tiers:
                     to_repair.append(tier)
                 continue
@@ -540,8 +585,10 @@ class Archive:
                     record.sha256, target.name, AVAILABLE, f"repaired from {source.name}"
                 )
                 report.repaired.append({**item, "source": source.name})
-                report.bad = [
-                    b for b in report.bad if (b["sha256"], b["tier"]) != (record.sha256, target.name)
+                done = (record.sha256, target.name)
+                report.bad = [b for b in report.bad if (b["sha256"], b["tier"]) != done]
+                report.missing_replicas = [
+                    m for m in report.missing_replicas if (m["sha256"], m["tier"]) != done
                 ]
                 break
             else:
@@ -580,6 +627,101 @@ class Archive:
                     )
         except TierError as exc:
             report.unchecked.append({"tier": tier.name, "reason": f"cannot list the tier: {exc}"})
+
+
+_OUTPUT_MARK = ".vbes-get-"
+
+
+class _Output:
+    """The file a ``get`` writes: unnamed until :meth:`commit` where the OS allows, else a locked hidden temp.
+
+    Args:
+        dest: the final path; the temporary file lives in its folder, so the final rename is atomic.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.named: Path | None = None
+        if _unnamed_files_work(dest.parent):
+            self.fd = os.open(dest.parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        else:
+            self.named = self._temp_name()
+            self.fd = os.open(self.named, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # held until closed; the kernel drops it when this process dies, which marks a named temp abandoned
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def _temp_name(self) -> Path:
+        return self.dest.parent / f".{self.dest.name}{_OUTPUT_MARK}{partial_token()}"
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def commit(self) -> None:
+        """Give the complete file its final name (replacing ``dest``)."""
+        os.fsync(self.fd)
+        if self.named is None:
+            # an unnamed file can only be linked to a new name; the rename then replaces dest atomically
+            self.named = self._temp_name()
+            _link_unnamed(self.fd, self.named)
+        os.replace(self.named, self.dest)
+        self.named = None
+
+    def __enter__(self) -> _Output:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.named is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.named.unlink()
+        os.close(self.fd)
+
+
+_AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000
+_UNNAMED_BY_DEVICE: dict[int, bool] = {}
+
+
+def _link_unnamed(fd: int, path: Path) -> None:
+    """Give the unnamed (``O_TMPFILE``) file ``fd`` the name ``path``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
+        return
+    os.link(f"/proc/self/fd/{fd}", path)  # the unprivileged way on kernels before 6.10
+
+
+def _unnamed_files_work(folder: Path) -> bool:
+    """Whether unnamed files can be created in ``folder`` and linked into it (probed once per device)."""
+    device = os.stat(folder).st_dev
+    if device not in _UNNAMED_BY_DEVICE:
+        probe = folder / f".vbes-probe{_OUTPUT_MARK}{partial_token()}"
+        try:
+            fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        except (AttributeError, OSError):  # not Linux, or a filesystem without unnamed files
+            _UNNAMED_BY_DEVICE[device] = False
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                _link_unnamed(fd, probe)
+                probe.unlink()
+                _UNNAMED_BY_DEVICE[device] = True
+            except OSError:
+                _UNNAMED_BY_DEVICE[device] = False
+            finally:
+                os.close(fd)
+    return _UNNAMED_BY_DEVICE[device]
+
+
+def _sweep_outputs(folder: Path, stale_s: float = 3600.0) -> list[Path]:
+    """Remove the named temporary files of ``get`` runs into ``folder`` whose process is gone."""
+    removed = []
+    for path in folder.glob(f".*{_OUTPUT_MARK}*.part"):
+        token = path.name.rsplit(_OUTPUT_MARK, 1)[1]
+        with contextlib.suppress(FileNotFoundError):
+            if writer_is_gone(str(path), token, path.stat().st_mtime, stale_s):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _has_available(record: FileRecord | None, tier: str) -> bool:

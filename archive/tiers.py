@@ -41,7 +41,7 @@ from vbes.archive.checksums import CHUNK_SIZE, read_chunks
 
 from vbes.errors import TierError
 
-__all__ = ["Tier", "TierWriter", "TierEntry", "is_sha256"]
+__all__ = ["Tier", "TierWriter", "TierEntry", "is_sha256", "partial_token", "writer_is_gone"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TMP = ".tmp"
@@ -68,6 +68,39 @@ class TierEntry:
     sha256: str | None = None
 
 
+def partial_token() -> str:
+    """A temporary file's name tail, ``<host>-<pid>-<random>.part``: whose it is, for :func:`writer_is_gone`."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}.part"
+
+
+def writer_is_gone(path: str, token: str, mtime: float | None, stale_s: float) -> bool:
+    """Whether the writer of the local temporary file ``path`` is gone (so the file can be removed).
+
+    Args:
+        path: the file; its writer holds an exclusive ``flock`` on it while writing.
+        token: the name tail from :func:`partial_token`, naming the writer's host and pid.
+        mtime: the file's modification time; a live writer between creating and locking is waited for.
+        stale_s: how old such a file must be before it is taken for abandoned.
+    """
+    match = re.match(r"(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{32}\.part$", token)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its writer still holds the lock
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    if match and match["host"] == socket.gethostname() and _pid_alive(int(match["pid"])):
+        # a live writer between creating its file and locking it; wait until it is old
+        return mtime is not None and time.time() - mtime > stale_s
+    return True
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -86,8 +119,7 @@ class TierWriter:
 
     def __init__(self, tier: Tier) -> None:
         self.tier = tier
-        token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}.part"
-        self.tmp_path = tier._join(_TMP, token)
+        self.tmp_path = tier._join(_TMP, partial_token())
         self._done = False
         self._fd: int | None = None
         self._remote: IO[bytes] | None = None
@@ -335,23 +367,7 @@ class Tier:
         """Whether the writer of a temporary file is gone (so the file can be removed)."""
         if not self.is_local:
             return entry.mtime is not None and time.time() - float(entry.mtime) > self.stale_partial_s
-        match = re.match(r"(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{32}\.part$", os.path.basename(entry.path))
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False  # its writer still holds the lock
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-        if match and match["host"] == socket.gethostname() and _pid_alive(int(match["pid"])):
-            # a live writer between creating its file and locking it; wait until it is old
-            return entry.mtime is not None and time.time() - entry.mtime > self.stale_partial_s
-        return True
+        return writer_is_gone(entry.path, os.path.basename(entry.path), entry.mtime, self.stale_partial_s)
 
     def sweep_partials(self) -> list[str]:
         """Remove temporary files whose writer is gone; returns their paths."""

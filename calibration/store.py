@@ -11,7 +11,19 @@ Model (after the BESIII offline database, the HSF conditions-database reference 
   never overlap; a gap is a gap.
 
 The rules are enforced by the database itself (triggers), not only by this class, so no other path -- a
-second process, raw SQL -- can change a published tag or create an overlap. Writers serialise per tag:
+second process, raw SQL -- can change a published tag or create an overlap. The guards do not depend on the
+client's settings: on SQLite, ``INSERT OR REPLACE`` / ``UPDATE OR REPLACE`` delete the row they collide with
+without firing a delete trigger (unless ``PRAGMA recursive_triggers``) and the sqlite3 shell runs with
+foreign keys off, so every INSERT and UPDATE is refused before it can collide with a row of a published tag,
+a stored payload (by hash or rowid) or the schema record.
+
+A tag that leaves ``open`` records its **seal** (:func:`tag_seal`): the SHA-256 of its record and IoVs.
+Every read of a published or invalid tag (lookups, ``iovs``, ``tag_info``, snapshots, clones) recomputes it,
+and every payload read checks the payload's own SHA-256, so a change made behind the guards (triggers
+dropped, PostgreSQL ``session_replication_role = replica``, the file edited) is refused with
+:class:`~vbes.errors.TagSealBroken` / :class:`~vbes.errors.CorruptStore` instead of being served. A store of
+schema 1 (before seals) is migrated when first opened: its tags that already left ``open`` are sealed as they
+are then (the schema-1 guards had kept them unchanged). Writers serialise per tag:
 SQLite takes the database write lock at ``BEGIN IMMEDIATE``; PostgreSQL locks the tag's row
 (``SELECT ... FOR UPDATE``), and the IoV trigger takes the same lock, so a raw writer queues too. Publishing
 never waits for a writer: if another transaction is writing, the publish is refused (and the writer is
@@ -41,6 +53,8 @@ Example:
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -49,23 +63,26 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from vbes.errors import (
     CalibrationError,
+    CorruptStore,
     InvalidInput,
     InvalidIoV,
     IoVOverlap,
     PayloadNotFound,
+    StoreUnavailable,
     TagExists,
     TagNotFound,
+    TagSealBroken,
     TagStateError,
 )
 
@@ -84,9 +101,11 @@ __all__ = [
     "IoVEntry",
     "check_run_range",
     "normalize_url",
+    "tag_seal",
 ]
 
-SCHEMA_VERSION = 1
+#: 2 added the seal of a tag's content (``global_tag.seal``); a version-1 store is migrated when opened
+SCHEMA_VERSION = 2
 TAG_STATES = ("open", "published", "invalid")
 _BUSY_TIMEOUT_MS = 30_000
 _RUN_MIN, _RUN_MAX = -(2**63), 2**63 - 1
@@ -119,6 +138,8 @@ class GlobalTag(_Base):
     published_at: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
     invalidated_at: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
     version: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0)
+    #: SHA-256 over the record and IoVs, set when the tag leaves ``open`` (see :func:`tag_seal`)
+    seal: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     __table_args__ = (sa.CheckConstraint("state IN ('open', 'published', 'invalid')", name="tag_state_known"),)
 
 
@@ -185,6 +206,9 @@ _SQLITE_TRIGGERS = [
                       ORDER BY first_run DESC LIMIT 1) AS prev WHERE prev.last_run >= NEW.first_run);
         SELECT RAISE(ABORT, 'vbes:type: the IoV payload type differs from the payload''s type')
         WHERE (SELECT payload_type FROM payload WHERE sha256 = NEW.payload_sha256) IS NOT NEW.payload_type;
+        SELECT RAISE(ABORT, 'vbes:immutable: the insert would replace an IoV of a published or invalid tag')
+        WHERE EXISTS (SELECT 1 FROM iov i JOIN global_tag g ON g.id = i.tag_id
+                      WHERE i.id = NEW.id AND g.state IS NOT 'open');
     END
     """,
     """
@@ -199,6 +223,9 @@ _SQLITE_TRIGGERS = [
                       ORDER BY first_run DESC LIMIT 1) AS prev WHERE prev.last_run >= NEW.first_run);
         SELECT RAISE(ABORT, 'vbes:type: the IoV payload type differs from the payload''s type')
         WHERE (SELECT payload_type FROM payload WHERE sha256 = NEW.payload_sha256) IS NOT NEW.payload_type;
+        SELECT RAISE(ABORT, 'vbes:immutable: the update would replace an IoV of a published or invalid tag')
+        WHERE EXISTS (SELECT 1 FROM iov i JOIN global_tag g ON g.id = i.tag_id
+                      WHERE i.id = NEW.id AND i.id <> OLD.id AND g.state IS NOT 'open');
     END
     """,
     """
@@ -215,19 +242,49 @@ _SQLITE_TRIGGERS = [
     ("CREATE TRIGGER iov_bump_delete AFTER DELETE ON iov BEGIN "
      "UPDATE global_tag SET version = version + 1 WHERE id = OLD.tag_id; END"),
     """
+    CREATE TRIGGER tag_guard_insert BEFORE INSERT ON global_tag
+    BEGIN
+        SELECT RAISE(ABORT, 'vbes:immutable: a global tag is created open and without a seal')
+        WHERE NEW.state IS NOT 'open' OR NEW.seal IS NOT NULL;
+        SELECT RAISE(ABORT, 'vbes:immutable: the insert would replace a published or invalid tag')
+        WHERE EXISTS (SELECT 1 FROM global_tag WHERE (id = NEW.id OR name = NEW.name) AND state IS NOT 'open');
+    END
+    """,
+    """
+    CREATE TRIGGER tag_guard_update_open BEFORE UPDATE ON global_tag WHEN OLD.state = 'open'
+    BEGIN
+        SELECT RAISE(ABORT, 'vbes:immutable: a tag leaves open only with the seal of its content')
+        WHERE NEW.state IS NOT 'open' AND NEW.seal IS NULL;
+        SELECT RAISE(ABORT, 'vbes:immutable: an open tag carries no seal')
+        WHERE NEW.state IS 'open' AND NEW.seal IS NOT NULL;
+        SELECT RAISE(ABORT, 'vbes:immutable: the update would replace a published or invalid tag')
+        WHERE EXISTS (SELECT 1 FROM global_tag WHERE (id = NEW.id OR name = NEW.name) AND id <> OLD.id
+                      AND state IS NOT 'open');
+    END
+    """,
+    """
     CREATE TRIGGER tag_guard_update BEFORE UPDATE ON global_tag WHEN OLD.state <> 'open'
     BEGIN
         SELECT RAISE(ABORT, 'vbes:immutable: the tag is published or invalid; it cannot change')
         WHERE NOT (OLD.state = 'published' AND NEW.state = 'invalid' AND NEW.id = OLD.id
                    AND NEW.name = OLD.name AND NEW.boss_release = OLD.boss_release
                    AND NEW.purpose = OLD.purpose AND NEW.parent IS OLD.parent AND NEW.created = OLD.created
-                   AND NEW.published_at IS OLD.published_at AND NEW.version = OLD.version);
+                   AND NEW.published_at IS OLD.published_at AND NEW.version = OLD.version
+                   AND NEW.seal IS OLD.seal);
     END
     """,
     """
     CREATE TRIGGER tag_guard_delete BEFORE DELETE ON global_tag WHEN OLD.state <> 'open'
     BEGIN
         SELECT RAISE(ABORT, 'vbes:immutable: the tag is published or invalid; it cannot be deleted');
+    END
+    """,
+    # the rowid counts too: INSERT OR REPLACE with an existing rowid replaces that row
+    """
+    CREATE TRIGGER payload_guard_insert BEFORE INSERT ON payload
+    BEGIN
+        SELECT RAISE(ABORT, 'vbes:immutable: the insert would replace a stored payload; payloads are immutable')
+        WHERE EXISTS (SELECT 1 FROM payload WHERE sha256 = NEW.sha256 OR rowid = NEW.rowid);
     END
     """,
     """
@@ -244,6 +301,18 @@ _SQLITE_TRIGGERS = [
         WHERE EXISTS (SELECT 1 FROM iov WHERE payload_sha256 = OLD.sha256);
     END
     """,
+    # the schema record changes only in a migration, which drops and recreates every trigger
+    """
+    CREATE TRIGGER schema_guard_insert BEFORE INSERT ON vbes_calib_schema
+    BEGIN
+        SELECT RAISE(ABORT, 'vbes:immutable: the schema record is written by vbes migrations only')
+        WHERE EXISTS (SELECT 1 FROM vbes_calib_schema WHERE key = NEW.key OR rowid = NEW.rowid);
+    END
+    """,
+    ("CREATE TRIGGER schema_guard_update BEFORE UPDATE ON vbes_calib_schema BEGIN "
+     "SELECT RAISE(ABORT, 'vbes:immutable: the schema record is written by vbes migrations only'); END"),
+    ("CREATE TRIGGER schema_guard_delete BEFORE DELETE ON vbes_calib_schema BEGIN "
+     "SELECT RAISE(ABORT, 'vbes:immutable: the schema record is written by vbes migrations only'); END"),
 ]
 
 _PG_TRIGGERS = [
@@ -303,23 +372,37 @@ _PG_TRIGGERS = [
     """
     CREATE FUNCTION vbes_tag_guard() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+        IF TG_OP = 'INSERT' THEN
+            IF NEW.state IS DISTINCT FROM 'open' OR NEW.seal IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'P0001',
+                    MESSAGE = 'vbes:immutable: a global tag is created open and without a seal';
+            END IF;
+            RETURN NEW;
+        END IF;
         IF OLD.state = 'open' THEN
             IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+            IF NEW.state IS DISTINCT FROM 'open' AND NEW.seal IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'P0001',
+                    MESSAGE = 'vbes:immutable: a tag leaves open only with the seal of its content';
+            END IF;
+            IF NEW.state = 'open' AND NEW.seal IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'vbes:immutable: an open tag carries no seal';
+            END IF;
             RETURN NEW;
         END IF;
         IF TG_OP = 'UPDATE' AND OLD.state = 'published' AND NEW.state = 'invalid'
            AND (NEW.id, NEW.name, NEW.boss_release, NEW.purpose, NEW.parent, NEW.created, NEW.published_at,
-                NEW.version)
+                NEW.version, NEW.seal)
                IS NOT DISTINCT FROM
                (OLD.id, OLD.name, OLD.boss_release, OLD.purpose, OLD.parent, OLD.created, OLD.published_at,
-                OLD.version) THEN
+                OLD.version, OLD.seal) THEN
             RETURN NEW;
         END IF;
         RAISE EXCEPTION USING ERRCODE = 'P0001',
             MESSAGE = 'vbes:immutable: tag ' || OLD.name || ' is ' || OLD.state || '; it cannot change';
     END $$
     """,
-    ("CREATE TRIGGER tag_guard BEFORE UPDATE OR DELETE ON global_tag "
+    ("CREATE TRIGGER tag_guard BEFORE INSERT OR UPDATE OR DELETE ON global_tag "
      "FOR EACH ROW EXECUTE FUNCTION vbes_tag_guard()"),
     """
     CREATE FUNCTION vbes_payload_guard() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -349,6 +432,18 @@ _PG_TRIGGERS = [
      "FOR EACH STATEMENT EXECUTE FUNCTION vbes_truncate_guard()"),
     ("CREATE TRIGGER tag_truncate_guard BEFORE TRUNCATE ON global_tag "
      "FOR EACH STATEMENT EXECUTE FUNCTION vbes_truncate_guard()"),
+    # the schema record changes only in a migration, which drops and recreates every trigger
+    """
+    CREATE FUNCTION vbes_schema_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION USING ERRCODE = 'P0001',
+            MESSAGE = 'vbes:immutable: the schema record is written by vbes migrations only';
+    END $$
+    """,
+    ("CREATE TRIGGER schema_guard BEFORE UPDATE OR DELETE ON vbes_calib_schema "
+     "FOR EACH ROW EXECUTE FUNCTION vbes_schema_guard()"),
+    ("CREATE TRIGGER schema_truncate_guard BEFORE TRUNCATE ON vbes_calib_schema "
+     "FOR EACH STATEMENT EXECUTE FUNCTION vbes_schema_guard()"),
 ]
 
 
@@ -402,6 +497,28 @@ def check_run_range(payload_type: str, first: int, last: int) -> None:
     if first <= 0 <= last:
         raise InvalidIoV(f"{payload_type} IoV {first}..{last}: a range may not contain run 0 or mix MC "
                          "(negative) and data (positive) runs")
+
+
+#: the tag's own fields a seal covers: all of RECORD_FIELDS except those that change after it left ``open``
+SEALED_FIELDS = ("name", "boss_release", "purpose", "parent", "created", "published_at")
+
+
+def tag_seal(record: Mapping[str, Any], iovs: Sequence[IoV]) -> str:
+    """The seal of a tag: the SHA-256 of its sealed fields and its IoVs (type, runs, payload SHA-256).
+
+    The payloads are covered through their SHA-256, which every read of a payload verifies; a payload's
+    ``created`` time is outside its hash and so outside the seal.
+
+    Args:
+        record: the tag's fields (at least :data:`SEALED_FIELDS`).
+        iovs: every IoV of the tag, in any order.
+    """
+    digest = hashlib.sha256(b"vbes-calib-seal/1\n")
+    digest.update(json.dumps([record[k] for k in SEALED_FIELDS], ensure_ascii=True).encode() + b"\n")
+    # sorted here, in code-point order: a database's collation must not change the seal
+    ordered = sorted(iovs, key=lambda i: (i.payload_type, i.first))
+    digest.update("".join(f"{i.payload_type}\t{i.first}\t{i.last}\t{i.sha256}\n" for i in ordered).encode())
+    return digest.hexdigest()
 
 
 def _check_type_name(payload_type: str) -> None:
@@ -584,9 +701,7 @@ class CalibrationStore:
         if self.dialect not in ("sqlite", "postgresql"):
             raise InvalidInput(f"calibration store URL {url!r}: only sqlite and postgresql are supported")
         if self.dialect == "sqlite":
-            database = sa_url.database
-            if database and database != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+            # no folder is created here: a mistyped path must fail, not leave folders behind
             self.engine = sa.create_engine(sa_url, connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000})
             self._install_sqlite_hooks()
         else:
@@ -598,14 +713,17 @@ class CalibrationStore:
         self._probe = _Probe(self.engine)
         try:
             self._ensure_schema()
-        except sa.exc.OperationalError as exc:
-            self.engine.dispose()
-            raise CalibrationError(f"cannot open calibration store {self._safe_url()}: "
-                                   f"{str(exc.orig).strip().splitlines()[0]}") from exc
+        except sa.exc.DatabaseError as exc:  # OperationalError included; "file is not a database" is not one
+            self.close()
+            raise StoreUnavailable.opening(self._safe_url(), str(exc.orig)) from exc
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> CalibrationStore:
-        """The store named by ``settings.calib_url`` (``VBES_CALIB_URL``, else the home folder's SQLite)."""
+        """The store named by ``settings.calib_url`` (``VBES_CALIB_URL``, else the home folder's SQLite).
+
+        The home folder is created when missing (it holds the default store); any other folder must exist.
+        """
+        Path(settings.home).mkdir(parents=True, exist_ok=True)
         return cls(settings.calib_url, **kwargs)
 
     def __enter__(self) -> Self:
@@ -700,13 +818,43 @@ class CalibrationStore:
             raise TagNotFound(f"no global tag {name!r} in {self._safe_url()}")
         return row
 
+    def _check_seal(self, conn: Connection, row: sa.Row[Any], iovs: Sequence[IoV] | None = None) -> list[IoV]:
+        """The tag's IoVs, after checking that a tag that left ``open`` still matches its seal.
+
+        Raises:
+            TagSealBroken: the tag's record or IoVs were changed behind the guards (triggers dropped, the file
+                edited), or an open tag carries a seal (it was reopened so).
+        """
+        if iovs is None:
+            iovs = self._iovs(conn, row.id)
+        if row.state == "open":
+            self._check_open(row)
+        elif row.seal is None or row.seal != tag_seal(dict(row._mapping), iovs):
+            raise TagSealBroken(f"tag {row.name} in {self._safe_url()} is {row.state} but its content no longer "
+                                "matches the seal recorded when it was published: it was changed outside vbes; "
+                                "restore it from a snapshot")
+        return list(iovs)
+
+    def _verify_tag(self, conn: Connection, row: sa.Row[Any]) -> None:
+        """:meth:`_check_seal` without loading the IoVs of an open tag (which has no seal to check)."""
+        if row.state == "open":
+            self._check_open(row)
+        else:
+            self._check_seal(conn, row)
+
+    def _check_open(self, row: sa.Row[Any]) -> None:
+        if row.seal is not None:
+            raise TagSealBroken(f"tag {row.name} in {self._safe_url()} is open but carries the seal of a "
+                                "published tag: it was reopened outside vbes; do not use it")
+
     # -- schema ----------------------------------------------------------------------------------------
 
     def _ensure_schema(self) -> None:
         with self.engine.connect() as conn:
             if sa.inspect(conn).has_table(_SCHEMA.name):
                 conn.rollback()
-                self._check_schema_version()
+                if self._schema_version() < SCHEMA_VERSION:
+                    self._migrate()
                 return
             conn.rollback()
         with self._write() as conn:
@@ -716,17 +864,56 @@ class CalibrationStore:
             if sa.inspect(conn).has_table(_SCHEMA.name):
                 return
             _Base.metadata.create_all(conn)
-            for ddl in _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS:
-                conn.exec_driver_sql(ddl)
+            self._create_guards(conn)
             conn.execute(_SCHEMA.insert(), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
-        self._check_schema_version()
+        self._schema_version()
 
-    def _check_schema_version(self) -> None:
-        with self._read() as conn:
-            value = conn.execute(sa.select(_SCHEMA.c.value).where(_SCHEMA.c.key == "schema_version")).scalar()
-        if value is None or int(value) > SCHEMA_VERSION:
+    def _create_guards(self, conn: Connection) -> None:
+        for ddl in _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS:
+            conn.exec_driver_sql(ddl)
+
+    def _schema_version(self, conn: Connection | None = None) -> int:
+        """The store's schema version; refuses a store written by a newer vbes."""
+        if conn is None:
+            with self._read() as fresh:
+                return self._schema_version(fresh)
+        value = conn.execute(sa.select(_SCHEMA.c.value).where(_SCHEMA.c.key == "schema_version")).scalar()
+        if value is None or not str(value).isdigit() or int(value) > SCHEMA_VERSION:
             raise CalibrationError(f"calibration store {self._safe_url()} has schema version {value}; this vbes "
                                    f"reads up to {SCHEMA_VERSION} (upgrade vbes)")
+        return int(value)
+
+    def _migrate(self) -> None:
+        """Bring a version-1 store to version 2 in one transaction: new guards, and a seal for every tag
+        that already left ``open`` (computed from its content as it is now, which the v1 guards kept)."""
+        with self._write("migrate the store's schema") as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7204511309)"))
+            if self._schema_version(conn) >= SCHEMA_VERSION:
+                return  # another process migrated it meanwhile
+            self._drop_guards(conn)
+            conn.exec_driver_sql("ALTER TABLE global_tag ADD COLUMN seal VARCHAR(64)")
+            for row in conn.execute(sa.select(_TAG).where(_TAG.c.state != "open")).all():
+                conn.execute(_TAG.update().where(_TAG.c.id == row.id)
+                             .values(seal=tag_seal(dict(row._mapping), self._iovs(conn, row.id))))
+            conn.execute(_SCHEMA.update().where(_SCHEMA.c.key == "schema_version")
+                         .values(value=str(SCHEMA_VERSION)))
+            self._create_guards(conn)
+
+    def _drop_guards(self, conn: Connection) -> None:
+        if self.dialect == "sqlite":
+            names = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars().all()
+            for name in names:
+                conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+            return
+        tables = [t.name for t in _Base.metadata.sorted_tables]
+        triggers = conn.execute(sa.text(
+            "SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE NOT t.tgisinternal AND c.relname = ANY(:tables)"), {"tables": tables}).all()
+        for trigger, table in triggers:
+            conn.exec_driver_sql(f'DROP TRIGGER "{trigger}" ON "{table}"')
+        for function in re.findall(r"CREATE FUNCTION (\w+)\(\)", "\n".join(_PG_TRIGGERS)):
+            conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {function}()")
 
     # -- tags ------------------------------------------------------------------------------------------
 
@@ -765,6 +952,7 @@ class CalibrationStore:
             src = self._lock_tag(conn, source)
             if src.state == "invalid":
                 raise TagStateError(f"tag {source} is invalid; it cannot be used, not even to clone")
+            self._verify_tag(conn, src)
             new_id = self._insert_tag(conn, name, src.boss_release,
                                       purpose if purpose is not None else f"clone of {source}", parent=source)
             conn.execute(_IOV.insert().from_select(
@@ -790,9 +978,12 @@ class CalibrationStore:
                 allowed = ("open",) if new_state == "published" else ("open", "published")
                 if row.state not in allowed:
                     raise TagStateError(f"cannot {verb} tag {name}: it is {row.state}")
+                self._verify_tag(conn, row)
                 stamp = now_iso()
                 values: dict[str, Any] = {"state": new_state}
                 values["published_at" if new_state == "published" else "invalidated_at"] = stamp
+                if row.state == "open":
+                    values["seal"] = tag_seal({**row._mapping, **values}, self._iovs(conn, row.id))
                 conn.execute(_TAG.update().where(_TAG.c.id == row.id).values(**values))
         except sa.exc.OperationalError as exc:
             if _is_lock_conflict(exc):
@@ -814,6 +1005,7 @@ class CalibrationStore:
         """A tag's record, its IoV count and, per payload type, the IoV count and data/MC run coverage."""
         with self._read() as conn:
             row = self._tag_row(conn, name)
+            self._verify_tag(conn, row)
             stats = conn.execute(
                 sa.select(_IOV.c.payload_type, sa.func.count(), sa.func.min(_IOV.c.first_run),
                           sa.func.max(_IOV.c.last_run),
@@ -831,7 +1023,8 @@ class CalibrationStore:
         """The tag's IoVs ordered by type then first run."""
         with self._read() as conn:
             row = self._tag_row(conn, tag)
-            return self._iovs(conn, row.id, payload_type)
+            iovs = self._check_seal(conn, row)
+        return [i for i in iovs if payload_type is None or i.payload_type == payload_type]
 
     @staticmethod
     def _iovs(conn: Connection, tag_id: int, payload_type: str | None = None) -> list[IoV]:
@@ -844,9 +1037,17 @@ class CalibrationStore:
     # -- payloads and IoVs -----------------------------------------------------------------------------
 
     def _insert_payload(self, conn: Connection, payload: Payload) -> None:
-        insert = (pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert)(_PAYLOAD)
-        conn.execute(insert.values(sha256=payload.sha256, payload_type=payload.payload_type, blob=payload.blob,
-                                   created=payload.created).on_conflict_do_nothing(index_elements=["sha256"]))
+        values = {"sha256": payload.sha256, "payload_type": payload.payload_type, "blob": payload.blob,
+                  "created": payload.created}
+        if self.dialect == "postgresql":
+            conn.execute(pg_dialect.insert(_PAYLOAD).values(**values)
+                         .on_conflict_do_nothing(index_elements=["sha256"]))
+            return
+        # SQLite's guard refuses any INSERT that meets a stored payload (INSERT OR REPLACE would swap the
+        # blob), so a stored payload is not inserted at all; the write lock makes the test-then-insert safe
+        conn.execute(_PAYLOAD.insert().from_select(list(values), sa.select(
+            *(sa.literal(v, _PAYLOAD.c[k].type).label(k) for k, v in values.items()))
+            .where(~sa.exists().where(_PAYLOAD.c.sha256 == payload.sha256))))
 
     def put_payload(self, payload: Payload) -> Payload:
         """Store a payload (no IoV); storing the same content twice is a no-op. Returns the stored payload."""
@@ -882,7 +1083,7 @@ class CalibrationStore:
         try:
             payload = Payload.from_bytes(bytes(row.blob), created=row.created, expected_sha256=sha256)
         except InvalidInput as exc:
-            raise CalibrationError(f"payload {sha256} is corrupt in {self._safe_url()}: {exc}") from exc
+            raise CorruptStore(f"payload {sha256} is corrupt in {self._safe_url()}: {exc}") from exc
         if self.cache_enabled:
             with self._lock:
                 if len(self._payloads) >= _PAYLOAD_CACHE_LIMIT:
@@ -928,6 +1129,8 @@ class CalibrationStore:
                 src = self._lock_tag(conn, clone_of) if clone_of else None
                 if src is not None and src.state == "invalid":
                     raise TagStateError(f"tag {clone_of} is invalid; it cannot be used, not even to clone")
+                if src is not None:
+                    self._verify_tag(conn, src)
                 try:
                     new_id: int | None = self._insert_tag(
                         conn, tag, create.get("boss_release", src.boss_release if src else ""),
@@ -942,12 +1145,14 @@ class CalibrationStore:
                                   _IOV.c.payload_sha256).where(_IOV.c.tag_id == src.id).order_by(_IOV.c.id)))
             tag_row = self._lock_tag(conn, tag)
             closed = tag_row.state != "open"
+            if not closed:
+                self._check_open(tag_row)
             if closed and replace:
                 raise TagStateError(f"tag {tag} is {tag_row.state}; its IoVs cannot change")
             if replace:
                 result.removed = conn.execute(_IOV.delete().where(_IOV.c.tag_id == tag_row.id)).rowcount
             # re-writing what a closed tag already holds is a no-op, not an error (idempotent imports)
-            held = {(i.payload_type, i.first, i.last, i.sha256) for i in self._iovs(conn, tag_row.id)} \
+            held = {(i.payload_type, i.first, i.last, i.sha256) for i in self._check_seal(conn, tag_row)} \
                 if closed else set()
             for entry in entries:
                 if closed:
@@ -1009,7 +1214,7 @@ class CalibrationStore:
     def _load_index(self, name: str) -> _TagIndex:
         with self._read() as conn:  # one snapshot: version and IoVs agree
             row = self._tag_row(conn, name)
-            iovs = self._iovs(conn, row.id)
+            iovs = self._check_seal(conn, row)
         index = _TagIndex(row.id, row.name, row.state, int(row.version), {}, {}, {})
         for iov in iovs:  # ordered by type, first run
             index.firsts.setdefault(iov.payload_type, []).append(iov.first)
@@ -1113,18 +1318,20 @@ class CalibrationStore:
                                               "first_run": i.first, "last_run": i.last,
                                               "payload_sha256": by_sha[i.sha256].sha256} for i in iovs])
             # replay the tag's history through the same guarded transitions: open -> published -> invalid
+            seal = tag_seal(record, iovs)
             if record.get("published_at"):
                 conn.execute(_TAG.update().where(_TAG.c.id == tag_id).values(
-                    state="published", published_at=record["published_at"]))
+                    state="published", published_at=record["published_at"], seal=seal))
             if record["state"] == "invalid":
                 conn.execute(_TAG.update().where(_TAG.c.id == tag_id).values(
-                    state="invalid", invalidated_at=record.get("invalidated_at")))
+                    state="invalid", invalidated_at=record.get("invalidated_at"), seal=seal))
         return True
 
     def tag_record(self, name: str) -> dict[str, Any]:
         """The tag's own fields that a snapshot preserves (no database ids or counters)."""
         with self._read() as conn:
             row = self._tag_row(conn, name)
+            self._verify_tag(conn, row)
         return {k: row._mapping[k] for k in RECORD_FIELDS}
 
     def init_defaults(self) -> InitReport:

@@ -224,9 +224,10 @@ def test_missing_replica_is_completed_by_retry_and_repair(tmp_path: Path) -> Non
         res = archive.put(src, "mc:f.bin", tiers=["hot"])
         assert res.written_tiers == ("hot",)
         report = archive.audit()
-        assert [m["tier"] for m in report.missing_replicas] == ["cold"] and report.exit_code == 0
+        # below the replica policy (a replica on every tier) is a finding (issue 8)
+        assert [m["tier"] for m in report.missing_replicas] == ["cold"] and report.exit_code == 3
         report = archive.audit(repair=True)
-        assert [r["tier"] for r in report.repaired] == ["cold"]
+        assert [r["tier"] for r in report.repaired] == ["cold"] and report.exit_code == 0
         assert {r.tier: r.state for r in archive.info("mc:f.bin").replicas} == {
             "hot": "available",
             "cold": "available",
@@ -246,7 +247,10 @@ def test_cli_put_get_info_ls_datasets(
     monkeypatch.setenv("VBES_ARCHIVE_URL", db_url)
     src = tmp_path / "events.h5"
     src.write_bytes(os.urandom(3000))
-    parent_sha = "ab" * 32
+    parent = tmp_path / "parent.bin"
+    parent.write_bytes(b"the generator input")
+    assert run_cli("archive", "put", parent, "--name", "mc:parent.bin").exit_code == 0
+    parent_sha = hashlib.sha256(b"the generator input").hexdigest()  # a parent must be archived (issue 8)
     assert run_cli("archive", "dataset", "create", "mc:run1", "--meta", "channel=rhopi").exit_code == 0
     res = run_cli(
         "archive",

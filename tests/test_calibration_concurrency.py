@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from vbes.calibration import CalibrationStore, IoVEntry, Payload
-from vbes.calibration.store import normalize_url
+from vbes.calibration.store import normalize_url, tag_seal
 
 from vbes.errors import IoVOverlap, PayloadNotFound, TagStateError
 
@@ -90,9 +90,12 @@ def test_publish_is_refused_while_a_write_is_in_flight(store: CalibrationStore, 
 @pytest.mark.parametrize("publish_commits", [True, False])
 def test_write_during_an_in_flight_publish_waits_and_follows_its_outcome(
         store: CalibrationStore, raw_engine: sa.Engine, publish_commits: bool) -> None:
+    # a raw-SQL publisher must record the seal of what it publishes, as publish_tag does
+    seal = tag_seal({**store.tag_record("T"), "published_at": "now"}, store.iovs("T"))
     with raw_engine.connect() as raw:
         tx = raw.begin()
-        raw.execute(sa.text("UPDATE global_tag SET state = 'published', published_at = 'now' WHERE name = 'T'"))
+        raw.execute(sa.text("UPDATE global_tag SET state = 'published', published_at = 'now', seal = :seal "
+                            "WHERE name = 'T'"), {"seal": seal})
         thread, outcome = _in_thread(lambda: _put_with_own_store(store.url, 300, 400, 3))
         time.sleep(0.6)
         assert thread.is_alive(), "the writer must wait for the publishing transaction"

@@ -126,6 +126,16 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("VBES_DEBUG", "") not in ("", "0")
 
 
+def _click_message(exc: click.ClickException) -> str:
+    """A click error as one line: which command, what is wrong, where the help is (no usage block)."""
+    message = " ".join(exc.format_message().split())
+    ctx = exc.ctx if isinstance(exc, click.UsageError) else None
+    if ctx is None:
+        return message
+    where = f"{ctx.command_path}: " if ctx.parent is not None else ""
+    return f"{where}{message} (see '{ctx.command_path} --help')"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vbes`` command; returns the exit status."""
     args = sys.argv[1:] if argv is None else argv
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         if debug:
             raise
-        exc.show()
+        click.echo(f"vbes: error: {_click_message(exc)}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "InvalidInput",
     "NotFound",
+    "StoreUnavailable",
     # calibration
     "CalibrationError",
     "TagNotFound",
@@ -20,6 +21,8 @@ __all__ = [
     "IoVOverlap",
     "InvalidIoV",
     "SnapshotError",
+    "CorruptStore",
+    "TagSealBroken",
     # datasets
     "DatasetError",
     "SchemaError",
@@ -59,6 +62,27 @@ class NotFound(VbesError):
     """A named thing (file, tag, model, ...) does not exist."""
 
 
+class StoreUnavailable(VbesError):
+    """A database store (calibration store, archive catalog) cannot be opened: not a database, no such folder,
+    a server that does not answer."""
+
+    @classmethod
+    def opening(cls, url: str, detail: str) -> StoreUnavailable:
+        """The one-line error for the store at ``url`` (password hidden) whose driver said ``detail``.
+
+        Args:
+            url: the store's URL, safe to print.
+            detail: the database driver's message.
+        """
+        detail = " ".join(detail.split())
+        lowered = detail.lower()
+        if "not a database" in lowered or "file is encrypted" in lowered:
+            detail = "not a database (the file exists but is not an SQLite database)"
+        elif "unable to open database file" in lowered:
+            detail = "cannot open or create the database file (does its folder exist?)"
+        return cls(f"cannot open store {url}: {detail}")
+
+
 # --- calibration -----------------------------------------------------------------------------------------
 
 
@@ -92,6 +116,14 @@ class InvalidIoV(CalibrationError):
 
 class SnapshotError(CalibrationError):
     """A tag snapshot is corrupt or does not match its manifest."""
+
+
+class CorruptStore(CalibrationError):
+    """The store's content no longer matches what it recorded (a payload's SHA-256, a published tag's seal)."""
+
+
+class TagSealBroken(CorruptStore):
+    """A published (or invalid) tag's IoVs or record differ from the seal recorded when it left ``open``."""
 
 
 # --- datasets --------------------------------------------------------------------------------------------
