@@ -161,6 +161,7 @@ def _simulate_chunk(channel: str, seed: int, fsr: bool, chunk: _Chunk) -> Tables
     truth = _WORKER_GENERATORS[key].generate(n, chunk=chunk.index, beam=chunk.constants["Beam"])
     rng = np.random.default_rng(np.random.SeedSequence([seed, chunk.index, 1]))
     reco = simulate_detector(truth, chunk.constants, rng)
+    truth = reco["truth"]  # with the secondaries made in the beam pipe and the MDC
     events = {
         "run": chunk.run,
         "event": chunk.event,
