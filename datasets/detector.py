@@ -312,18 +312,24 @@ def _impact(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, 
 
 def _shower_shapes(kind: np.ndarray, energy: np.ndarray, shapes: Mapping[str, Any],
                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Cluster shapes per shower kind: crystals, E5x5/E, E3x3/E5x5, second and lateral moments.
+
+    As in BOSS, ``e3x3``/``e5x5`` are raw sums a few per cent below the corrected ``energy``; clusters of at
+    most three crystals lie inside their 3x3 (E3x3 = E5x5), and the lateral moment, which skips the two most
+    energetic crystals, is zero for clusters of one or two crystals.
+    """
     names = ("em", "mip", "hadronic", "splitoff", "noise")
     par = {key: np.asarray([shapes[name][key] for name in names], float)[kind]
-           for key in ("crystals_base", "crystals_per_sqrt_gev", "e3x3_beta", "e5x5_beta", "second_moment_gamma",
-                       "lat_moment_beta")}
+           for key in ("crystals_base", "crystals_per_sqrt_gev", "e5x5_over_e_beta", "e3x3_over_e5x5_beta",
+                       "second_moment_gamma", "lat_moment_beta")}
     e_pos = np.maximum(energy, 0.0)
     n_crystals = 1 + rng.poisson(par["crystals_base"] + par["crystals_per_sqrt_gev"] * np.sqrt(e_pos))
-    a3, b3 = par["e3x3_beta"][:, 0], par["e3x3_beta"][:, 1]
-    e3x3 = energy * np.where(n_crystals == 1, 1.0, rng.beta(a3, b3))
-    a5, b5 = par["e5x5_beta"][:, 0], par["e5x5_beta"][:, 1]
-    e5x5 = e3x3 + (energy - e3x3) * rng.beta(a5, b5)
-    second = rng.gamma(par["second_moment_gamma"][:, 0], par["second_moment_gamma"][:, 1])
-    lat = np.where(n_crystals == 1, 0.0, rng.beta(par["lat_moment_beta"][:, 0], par["lat_moment_beta"][:, 1]))
+    e5x5 = energy * rng.beta(par["e5x5_over_e_beta"][:, 0], par["e5x5_over_e_beta"][:, 1])
+    inner = rng.beta(par["e3x3_over_e5x5_beta"][:, 0], par["e3x3_over_e5x5_beta"][:, 1])
+    e3x3 = e5x5 * np.where(n_crystals <= 3, 1.0, inner)
+    second = np.where(n_crystals == 1, 0.0,
+                      rng.gamma(par["second_moment_gamma"][:, 0], par["second_moment_gamma"][:, 1]))
+    lat = np.where(n_crystals <= 2, 0.0, rng.beta(par["lat_moment_beta"][:, 0], par["lat_moment_beta"][:, 1]))
     return {"n_crystals": np.minimum(n_crystals, 32000).astype(np.int16), "e3x3": e3x3, "e5x5": e5x5,
             "second_moment": second, "lat_moment": lat}
 
