@@ -100,10 +100,11 @@ def material_thickness(material: Mapping[str, Any], kind: str, before_tracking: 
     """
     layers = material["layers"]
     length = np.asarray(layers["x0_cm" if kind == "x0" else "lambda_cm"], float)
-    t = np.asarray(layers["thickness_cm"], float) / length
-    if before_tracking:
-        t = np.where(np.asarray(layers["radius_cm"], float) < float(material["mdc_first_layer_cm"]), t, 0.0)
-    return t
+    thickness = np.asarray(layers["thickness_cm"], float)
+    if before_tracking:  # the part of each layer inside the first sense layer
+        inside = float(material["mdc_first_layer_cm"]) - np.asarray(layers["radius_cm"], float)
+        thickness = np.clip(inside, 0.0, thickness)
+    return thickness / length
 
 
 def bethe_heitler_keep(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -252,15 +253,15 @@ def propagate(truth: Mapping[str, np.ndarray], constants: Mapping[str, Mapping[s
     # bremsstrahlung of the generator's electrons before the first sense layer
     if mat.get("bremsstrahlung", True):
         ele = np.flatnonzero(final & (apdg == 11))
-        t_pre = float(material_thickness(mat, "x0", before_tracking=True).sum())
+        t_layers = material_thickness(mat, "x0", before_tracking=True)
+        t_pre = float(t_layers.sum())
         keep = bethe_heitler_keep(t_pre * inv_sin[ele], rng)
         k = p[ele] * (1.0 - keep)
         mdc_p[ele] *= keep[:, None]
         emc_p[ele] *= keep[:, None]
         emitted = k > float(mat["brem_photon_min_gev"])
         src = ele[emitted]
-        r_emit = float(np.sum(radius * np.where(radius < r_first, thick, 0.0)) /
-                       max(float(np.sum(np.where(radius < r_first, thick, 0.0))), 1e-9))
+        r_emit = float(np.sum(radius * t_layers) / max(t_pre, 1e-12))  # where the radiation lengths are
         direction = p3[src] / p[src, None]
         where = vtx[src] + direction * (r_emit * inv_sin[src])[:, None]
         rows.add(src, np.full(src.size, 22), direction * k[emitted, None], np.zeros(src.size), where,
