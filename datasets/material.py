@@ -181,7 +181,7 @@ class _Rows:
         self.parts: list[dict[str, np.ndarray]] = []
 
     def add(self, parent: np.ndarray, pdg: np.ndarray, p: np.ndarray, mass: np.ndarray, vertex: np.ndarray,
-            **flags: np.ndarray) -> None:
+            **flags: np.ndarray | float) -> None:
         n = parent.size
         self.parts.append({"parent": parent, "pdg": pdg.astype(np.int32), "px": p[:, 0], "py": p[:, 1],
                            "pz": p[:, 2], "e": np.sqrt(np.einsum("ij,ij->i", p, p) + mass**2),
@@ -248,7 +248,7 @@ def propagate(truth: Mapping[str, np.ndarray], constants: Mapping[str, Mapping[s
     mdc_p = p3.copy()
     emc_p = p3.copy()
     rows = _Rows()
-    flags = ("mdc", "emc", "muc_self", "brem")
+    flags = ("mdc", "emc", "brem")
 
     # bremsstrahlung of the generator's electrons before the first sense layer
     if mat.get("bremsstrahlung", True):
@@ -265,7 +265,7 @@ def propagate(truth: Mapping[str, np.ndarray], constants: Mapping[str, Mapping[s
         direction = p3[src] / p[src, None]
         where = vtx[src] + direction * (r_emit * inv_sin[src])[:, None]
         rows.add(src, np.full(src.size, 22), direction * k[emitted, None], np.zeros(src.size), where,
-                 mdc=0.0, emc=1.0, muc_self=1.0, brem=1.0)
+                 mdc=0.0, emc=1.0, brem=1.0)
 
     # conversions of the generator's photons anywhere in the listed layers (the MDC gas included)
     if mat.get("conversions", True):
@@ -285,7 +285,7 @@ def propagate(truth: Mapping[str, np.ndarray], constants: Mapping[str, Mapping[s
         for code, energy in ((-11, e_pos), (11, e_neg)):
             mom = direction * np.sqrt(energy**2 - ELECTRON_MASS**2)[:, None]
             rows.add(g, np.full(g.size, code), mom, np.full(g.size, ELECTRON_MASS), where,
-                     mdc=1.0, emc=1.0, muc_self=1.0, brem=0.0)
+                     mdc=1.0, emc=1.0, brem=0.0)
         final_out[g] = False
         emc_ok[g] = False
 
@@ -360,7 +360,7 @@ def _decays(mat: Mapping[str, Any], emc_c: Mapping[str, Any], muc_c: Mapping[str
     p_ch, p_neu = _two_body(p_at, parent_m, m_charged, m_neutral, rng)
     sign = np.sign(base["pdg"][d])
     ch_pdg = np.where(muon_mode, -13 * sign, 211 * sign)  # π+ -> μ+ (pdg -13); K+ -> π+
-    nu_pdg = np.where(muon_mode, 14 * sign, 111)
+    nu_pdg = 14 * sign
     where = np.stack([x, y, z], 1)
     r_dec = np.hypot(x, y)
 
@@ -386,17 +386,17 @@ def _decays(mat: Mapping[str, Any], emc_c: Mapping[str, Any], muc_c: Mapping[str
 
     first_new = sum(part["parent"].size for part in rows.parts)
     rows.add(d, ch_pdg, p_ch, m_charged, where, mdc=child_tracked.astype(float),
-             emc=before_emc.astype(float), muc_self=1.0, brem=0.0)
+             emc=before_emc.astype(float), brem=0.0)
     # neutrinos leave; π0 -> γγ at once (its photons are recorded as the kaon's daughters)
     nu = muon_mode
     rows.add(d[nu], nu_pdg[nu], p_neu[nu], np.zeros(int(nu.sum())), where[nu], mdc=0.0, emc=0.0,
-             muc_self=1.0, brem=0.0)
+             brem=0.0)
     pi0 = ~muon_mode
     g1, g2 = _two_body(p_neu[pi0], np.full(int(pi0.sum()), PI0_MASS), np.zeros(int(pi0.sum())),
                        np.zeros(int(pi0.sum())), rng)
     for g in (g1, g2):
         rows.add(d[pi0], np.full(int(pi0.sum()), 22), g, np.zeros(int(pi0.sum())), where[pi0], mdc=0.0,
-                 emc=before_emc[pi0].astype(float), muc_self=1.0, brem=0.0)
+                 emc=before_emc[pi0].astype(float), brem=0.0)
     # the charged daughter is what the muon counter sees of the parent's track
     return d, first_new + np.arange(d.size)
 
@@ -418,7 +418,7 @@ def _assemble(base: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray], fin
     def column(old: np.ndarray, extra: np.ndarray, dtype: Any) -> np.ndarray:
         return np.concatenate([np.asarray(old), np.asarray(extra)]).astype(dtype)[order]
 
-    truth = {
+    truth: dict[str, np.ndarray] = {
         "n_truth": np.bincount(event, minlength=n_events).astype(np.int32),
         "event": event[order].astype(np.int64),
         "pdg": column(base["pdg"], new["pdg"], np.int32),

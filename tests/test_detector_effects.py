@@ -13,7 +13,7 @@ import pytest
 import yaml
 from vbes.datasets.detector import SIM_CONSTANTS_FILE, csi_dedx_mean, default_constants, simulate_detector
 from vbes.datasets.generator import JpsiGenerator
-from vbes.datasets.material import material_thickness, propagate
+from vbes.datasets.material import Propagated, material_thickness, propagate
 
 REAL_DST = Path(__file__).resolve().parents[2] / "shared" / "data" / "besiii-boss-jpsi-rhopi-10evt.dst"
 M_E = 0.000511
@@ -41,6 +41,16 @@ def _truth_rows(reco: dict, n_events: int, table: str = "tracks") -> np.ndarray:
     counts = reco["n_tracks"] if table == "tracks" else reco["n_showers"]
     event = np.repeat(np.arange(n_events), counts)
     return _offsets(reco["truth"]["n_truth"])[event] + reco[table]["truth_index"]
+
+
+def _mother_rows(t: dict) -> np.ndarray:
+    """Row of each truth particle's mother (its own event's first row where it has none)."""
+    return _offsets(t["n_truth"])[:-1][t["event"]] + np.maximum(t["mother"], 0)
+
+
+def _daughters_of(t: dict, code: int) -> np.ndarray:
+    """Rows whose mother has ``|pdg| == code``."""
+    return (t["mother"] >= 0) & (np.abs(t["pdg"][_mother_rows(t)]) == code)
 
 
 def _without_material(constants: dict) -> dict:
@@ -141,8 +151,7 @@ def test_conversion_probability_is_seven_ninths_per_radiation_length(rhopi_truth
     inv_sin = np.sqrt(pt**2 + rhopi_truth["pz"][gen] ** 2) / pt
     t_total = float(material_thickness(mat, "x0", before_tracking=False).sum())
     expected = float(np.mean(1 - np.exp(-7 / 9 * t_total * inv_sin)))
-    mother_pdg = t["pdg"][_offsets(t["n_truth"])[:-1][t["event"]] + np.maximum(t["mother"], 0)]
-    pair = (np.abs(t["pdg"]) == 11) & (mother_pdg == 22)
+    pair = (np.abs(t["pdg"]) == 11) & _daughters_of(t, 22)
     measured = pair.sum() / 2 / gen.size
     print(f"conversion probability per photon: {measured:.4f} (expected {expected:.4f}, t = {t_total:.4f} X0)")
     assert measured == pytest.approx(expected, abs=4 * np.sqrt(expected / gen.size))
@@ -152,9 +161,9 @@ def test_conversion_probability_is_seven_ninths_per_radiation_length(rhopi_truth
     assert np.all(radius < MDC_OUTER_CM + 1)  # ...none beyond the MDC's outer wall
 
 
-def _decay_fraction(truth: dict, seen, code: int, max_cm: float) -> tuple[float, float, int]:
+def _decay_fraction(truth: dict, seen: Propagated, code: int, max_cm: float) -> tuple[float, float, int]:
     """Of the generator's |pdg| == code particles flying out beyond ``max_cm``, the fraction whose decay vertex
-    lies within ``max_cm`` (3D) of their origin, and the PDG expectation from cτ."""
+    lies within ``max_cm`` (3D) of their origin; asserted equal (4σ) to the PDG expectation from cτ."""
     t = seen.truth
     row = np.flatnonzero((np.abs(truth["pdg"]) == code) & (truth["final"] == 1))
     pt = np.hypot(truth["px"][row], truth["py"][row])
@@ -166,9 +175,8 @@ def _decay_fraction(truth: dict, seen, code: int, max_cm: float) -> tuple[float,
     expected = float(np.mean(1 - np.exp(-max_cm * mass / (p[ok] * PDG_CTAU[code]))))
     # decay vertices: the first daughter of each parent that has daughters in the propagated record
     starts = _offsets(t["n_truth"])[:-1]
-    has_mother = t["mother"] >= 0
-    parent_row = starts[t["event"]] + np.maximum(t["mother"], 0)
-    decayed = has_mother & (np.abs(t["pdg"][parent_row]) == code) & (t["final"][parent_row] == 0)
+    parent_row = _mother_rows(t)
+    decayed = _daughters_of(t, code) & (t["final"][parent_row] == 0)
     # map the generator rows onto the propagated record: generator rows keep their within-event order
     gen_event = truth["event"][row[ok]]
     within = row[ok] - _offsets(truth["n_truth"])[:-1][gen_event]
@@ -178,19 +186,17 @@ def _decay_fraction(truth: dict, seen, code: int, max_cm: float) -> tuple[float,
     d = np.sqrt((t["vx"][child] - t["vx"][parent_row[child]]) ** 2 + (t["vy"][child] - t["vy"][parent_row[child]]) ** 2
                 + (t["vz"][child] - t["vz"][parent_row[child]]) ** 2)
     np.minimum.at(dist, parent_row[child], d)
-    return float(np.mean(dist[new_row] < max_cm)), expected, int(ok.sum())
+    measured, n = float(np.mean(dist[new_row] < max_cm)), int(ok.sum())
+    print(f"|pdg| {code} decaying within {max_cm} cm: {measured:.4f} (PDG c tau: {expected:.4f}, {n} particles)")
+    assert measured == pytest.approx(expected, abs=4 * np.sqrt(expected / n))
+    return measured, expected, n
 
 
 def test_pion_decays_in_flight_follow_the_pdg_lifetime(rhopi_truth: dict, constants: dict) -> None:
     """π± of ρπ decay within the MDC's 81 cm as often as cτ = 7.8045 m (PDG) says, into μν."""
     seen = propagate(rhopi_truth, constants, np.random.default_rng(37))
-    measured, expected, n = _decay_fraction(rhopi_truth, seen, 211, MDC_OUTER_CM)
-    print(f"pi+- decaying within {MDC_OUTER_CM} cm: {measured:.4f} (PDG c tau: {expected:.4f}, {n} pions)")
-    assert measured == pytest.approx(expected, abs=4 * np.sqrt(expected / n))
-    t = seen.truth
-    parent = _offsets(t["n_truth"])[:-1][t["event"]] + np.maximum(t["mother"], 0)
-    from_pion = (t["mother"] >= 0) & (np.abs(t["pdg"][parent]) == 211)
-    assert set(np.unique(np.abs(t["pdg"][from_pion]))) == {13, 14}
+    _decay_fraction(rhopi_truth, seen, 211, MDC_OUTER_CM)
+    assert set(np.unique(np.abs(seen.truth["pdg"][_daughters_of(seen.truth, 211)]))) == {13, 14}
 
 
 def test_kaon_decays_in_flight_follow_the_pdg_lifetime_and_branching() -> None:
@@ -198,12 +204,9 @@ def test_kaon_decays_in_flight_follow_the_pdg_lifetime_and_branching() -> None:
     c = default_constants()
     truth = JpsiGenerator("kskpi", seed=38).generate(15000)
     seen = propagate(truth, c, np.random.default_rng(39))
-    measured, expected, n = _decay_fraction(truth, seen, 321, MDC_OUTER_CM)
-    print(f"K+- decaying within {MDC_OUTER_CM} cm: {measured:.4f} (PDG c tau: {expected:.4f}, {n} kaons)")
-    assert measured == pytest.approx(expected, abs=4 * np.sqrt(expected / n))
+    _decay_fraction(truth, seen, 321, MDC_OUTER_CM)
     t = seen.truth
-    parent = _offsets(t["n_truth"])[:-1][t["event"]] + np.maximum(t["mother"], 0)
-    from_kaon = (t["mother"] >= 0) & (np.abs(t["pdg"][parent]) == 321)
+    from_kaon = _daughters_of(t, 321)
     mu = int(np.sum(from_kaon & (np.abs(t["pdg"]) == 13)))
     pi = int(np.sum(from_kaon & (np.abs(t["pdg"]) == 211)))
     share = PDG_K_MUNU / (PDG_K_MUNU + PDG_K_PIPI0)
@@ -221,8 +224,8 @@ def test_decays_in_flight_leave_found_kinked_or_lost_tracks(rhopi_truth: dict, c
     found[rows] = True
     p_fit = np.full(t["pdg"].size, np.nan)
     p_fit[rows] = reco["tracks"]["p"]
-    parent = _offsets(t["n_truth"])[:-1][t["event"]] + np.maximum(t["mother"], 0)
-    muon = np.flatnonzero((np.abs(t["pdg"]) == 13) & (t["mother"] >= 0) & (np.abs(t["pdg"][parent]) == 211))
+    parent = _mother_rows(t)
+    muon = np.flatnonzero((np.abs(t["pdg"]) == 13) & _daughters_of(t, 211))
     pion = parent[muon]
     radius = np.hypot(t["vx"][muon], t["vy"][muon])
     p_pion = np.sqrt(t["px"][pion] ** 2 + t["py"][pion] ** 2 + t["pz"][pion] ** 2)
