@@ -408,19 +408,30 @@ def _assemble(base: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray], fin
     n_old = base["pdg"].size
     n_events = base["n_truth"].size
     parent = new["parent"].astype(np.int64)
-    event = np.concatenate([base["event"], base["event"][parent]])
-    order = np.lexsort((np.arange(event.size), event))
-    position = np.empty(event.size, np.int64)
-    position[order] = np.arange(event.size)
-    starts_old = np.searchsorted(base["event"], np.arange(n_events))
-    mother_new = parent - starts_old[base["event"][parent]]  # the parent's index within its event
+    old_event = base["event"]
+    new_event = old_event[parent]
+    # destinations without a sort of all rows: each event moves down by the new rows of the events before it,
+    # and its own new rows follow its old ones (in the order they were made)
+    n_new = np.bincount(new_event, minlength=n_events)
+    shift = np.cumsum(n_new) - n_new
+    starts_old = np.searchsorted(old_event, np.arange(n_events))
+    ends_old = np.append(starts_old[1:], n_old)
+    order_new = np.argsort(new_event, kind="stable")
+    rank = np.empty(parent.size, np.int64)
+    rank[order_new] = np.arange(parent.size) - np.searchsorted(new_event[order_new], new_event[order_new])
+    position = np.concatenate([np.arange(n_old) + shift[old_event], ends_old[new_event] + shift[new_event] + rank])
+    total = n_old + parent.size
+    mother_new = parent - starts_old[new_event]  # the parent's index within its event
 
     def column(old: np.ndarray, extra: np.ndarray, dtype: Any) -> np.ndarray:
-        return np.concatenate([np.asarray(old), np.asarray(extra)]).astype(dtype)[order]
+        out = np.empty(total, dtype)
+        out[position[:n_old]] = old
+        out[position[n_old:]] = extra
+        return out
 
     truth: dict[str, np.ndarray] = {
-        "n_truth": np.bincount(event, minlength=n_events).astype(np.int32),
-        "event": event[order].astype(np.int64),
+        "n_truth": (np.asarray(base["n_truth"]) + n_new).astype(np.int32),
+        "event": column(old_event, new_event, np.int64),
         "pdg": column(base["pdg"], new["pdg"], np.int32),
         "mother": column(base["mother"], mother_new, np.int32),
         "px": column(base["px"], new["px"], float),
@@ -430,19 +441,25 @@ def _assemble(base: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray], fin
         "vx": column(base["vx"], new["vx"], float),
         "vy": column(base["vy"], new["vy"], float),
         "vz": column(base["vz"], new["vz"], float),
-        "final": column(final_out.astype(np.int8), np.ones(parent.size, np.int8), np.int8),
+        "final": column(final_out, np.ones(parent.size, np.int8), np.int8),
     }
-    mdc_mom = np.concatenate([mdc_p, np.stack([new["px"], new["py"], new["pz"]], 1)])[order]
-    emc_mom = np.concatenate([emc_p, np.stack([new["px"], new["py"], new["pz"]], 1)])[order]
+    def momenta(seen_p: np.ndarray) -> dict[str, np.ndarray]:
+        # the truth's columns, with the few rows whose momentum the material changed
+        changed = np.flatnonzero(np.any(seen_p != p_old, axis=1))
+        out = {k: truth[k].copy() for k in ("px", "py", "pz")}
+        for i, k in enumerate(("px", "py", "pz")):
+            out[k][position[changed]] = seen_p[changed, i]
+        return out
+
+    p_old = np.stack([base["px"], base["py"], base["pz"]], 1)
+    mdc = {**truth, "final": column(mdc_ok, new["mdc"], np.int8), **momenta(mdc_p)}
+    emc = {**truth, "final": column(emc_ok, new["emc"], np.int8), **momenta(emc_p)}
+    # the energy at the EMC: the particle's own mass with the momentum it arrives with
     mass2 = np.maximum(truth["e"] ** 2 - truth["px"] ** 2 - truth["py"] ** 2 - truth["pz"] ** 2, 0.0)
-    mdc = {**truth, "final": column(mdc_ok.astype(np.int8), new["mdc"], np.int8),
-           "px": mdc_mom[:, 0], "py": mdc_mom[:, 1], "pz": mdc_mom[:, 2]}
-    emc_e = np.sqrt(np.einsum("ij,ij->i", emc_mom, emc_mom) + mass2)
-    emc = {**truth, "final": column(emc_ok.astype(np.int8), new["emc"], np.int8),
-           "px": emc_mom[:, 0], "py": emc_mom[:, 1], "pz": emc_mom[:, 2], "e": emc_e}
-    muc_row = np.arange(event.size)
+    emc["e"] = np.sqrt(emc["px"] ** 2 + emc["py"] ** 2 + emc["pz"] ** 2 + mass2)
+    muc_row = np.arange(total)
     muc_row[position[muc_from]] = position[n_old + muc_child_slot]
-    brem_parent = np.full(event.size, -1, np.int64)
+    brem_parent = np.full(total, -1, np.int64)
     brem = np.flatnonzero(new["brem"] > 0)
     brem_parent[position[n_old + brem]] = position[parent[brem]]
     return Propagated(truth, mdc, emc, muc_row, brem_parent)
