@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import numpy as np
@@ -180,6 +181,10 @@ class _Rows:
     def __init__(self) -> None:
         self.parts: list[dict[str, np.ndarray]] = []
 
+    @property
+    def size(self) -> int:
+        return sum(part["parent"].size for part in self.parts)
+
     def add(self, parent: np.ndarray, pdg: np.ndarray, p: np.ndarray, mass: np.ndarray, vertex: np.ndarray,
             **flags: np.ndarray | float) -> None:
         n = parent.size
@@ -205,6 +210,50 @@ def _charge(pdg: np.ndarray) -> np.ndarray:
     return q * np.sign(pdg)
 
 
+@dataclass
+class _Batch:
+    """The truth rows of a batch, and what the material has done to each so far (changed in place)."""
+
+    base: dict[str, np.ndarray]
+    p3: np.ndarray
+    vtx: np.ndarray
+    charge: np.ndarray
+    final_out: np.ndarray  # still a final particle after the material (not converted, not decayed)
+    mdc_ok: np.ndarray  # can make an MDC track
+    emc_ok: np.ndarray  # reaches the EMC as itself
+    mdc_p: np.ndarray  # the momentum the MDC measures
+    emc_p: np.ndarray  # the momentum at the EMC
+    rows: _Rows
+    muc_from: np.ndarray = dataclass_field(default_factory=lambda: np.zeros(0, np.int64))
+    muc_child: np.ndarray = dataclass_field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @classmethod
+    def of(cls, base: dict[str, np.ndarray]) -> _Batch:
+        p3 = np.stack([base["px"], base["py"], base["pz"]], 1).astype(float)
+        charge = _charge(base["pdg"])
+        final = base["final"].astype(bool)
+        return cls(base, p3, np.stack([base["vx"], base["vy"], base["vz"]], 1).astype(float), charge,
+                   final.copy(), final & (charge != 0), final & ~np.isin(np.abs(base["pdg"]), _NEUTRINOS),
+                   p3.copy(), p3.copy(), _Rows())
+
+    @property
+    def final(self) -> np.ndarray:
+        """Final particles of the generator."""
+        return self.base["final"].astype(bool)
+
+    @property
+    def apdg(self) -> np.ndarray:
+        return np.abs(self.base["pdg"])
+
+    @property
+    def p(self) -> np.ndarray:
+        return np.linalg.norm(self.p3, axis=1)
+
+    @property
+    def pt(self) -> np.ndarray:
+        return np.hypot(self.p3[:, 0], self.p3[:, 1])
+
+
 def propagate(truth: Mapping[str, np.ndarray], constants: Mapping[str, Mapping[str, Any]],
               rng: np.random.Generator) -> Propagated:
     """Apply the material effects of ``constants["Material"]`` to a batch of truth events.
@@ -212,7 +261,7 @@ def propagate(truth: Mapping[str, np.ndarray], constants: Mapping[str, Mapping[s
     Args:
         truth: flat truth arrays as :meth:`vbes.datasets.generator.JpsiGenerator.generate` returns them.
         constants: the detector payloads (``Material``, ``Mdc``, ``Emc``, ``Muc``); without a ``Material``
-            payload nothing changes.
+            payload, or with ``enabled: false``, nothing changes.
         rng: the batch's random stream.
 
     Returns:
@@ -223,93 +272,82 @@ def propagate(truth: Mapping[str, np.ndarray], constants: Mapping[str, Mapping[s
     base = {k: np.asarray(v) for k, v in truth.items()}
     if mat is None or not mat.get("enabled", True):
         return Propagated(base, base, base, np.arange(n_rows), np.full(n_rows, -1))
-    bfield = float(constants["Mdc"]["bfield_t"])
-    emc_c, muc_c = constants["Emc"], constants["Muc"]
-    pdg, apdg = base["pdg"], np.abs(base["pdg"])
-    final = base["final"].astype(bool)
-    p3 = np.stack([base["px"], base["py"], base["pz"]], 1).astype(float)
-    vtx = np.stack([base["vx"], base["vy"], base["vz"]], 1).astype(float)
-    p = np.linalg.norm(p3, axis=1)
-    pt = np.hypot(p3[:, 0], p3[:, 1])
-    inv_sin = p / np.maximum(pt, 1e-9)
-    charge = _charge(pdg)
-
-    layers = mat["layers"]
-    radius = np.asarray(layers["radius_cm"], float)
-    thick = np.asarray(layers["thickness_cm"], float)
-    r_first, r_out = float(mat["mdc_first_layer_cm"]), float(mat["mdc_outer_radius_cm"])
-    z_mdc = float(mat["mdc_half_length_cm"])
-    n_layers, min_layers = float(mat["mdc_layers"]), float(mat["min_layers_found"])
-
-    # per-row outcome; secondaries are collected and appended at the end
-    mdc_ok = final & (charge != 0)
-    emc_ok = final & ~np.isin(apdg, _NEUTRINOS)
-    final_out = final.copy()
-    mdc_p = p3.copy()
-    emc_p = p3.copy()
-    rows = _Rows()
-    flags = ("mdc", "emc", "brem")
-
-    # bremsstrahlung of the generator's electrons before the first sense layer
+    batch = _Batch.of(base)
     if mat.get("bremsstrahlung", True):
-        ele = np.flatnonzero(final & (apdg == 11))
-        t_layers = material_thickness(mat, "x0", before_tracking=True)
-        t_pre = float(t_layers.sum())
-        keep = bethe_heitler_keep(t_pre * inv_sin[ele], rng)
-        k = p[ele] * (1.0 - keep)
-        mdc_p[ele] *= keep[:, None]
-        emc_p[ele] *= keep[:, None]
-        emitted = k > float(mat["brem_photon_min_gev"])
-        src = ele[emitted]
-        r_emit = float(np.sum(radius * t_layers) / max(t_pre, 1e-12))  # where the radiation lengths are
-        direction = p3[src] / p[src, None]
-        where = vtx[src] + direction * (r_emit * inv_sin[src])[:, None]
-        rows.add(src, np.full(src.size, 22), direction * k[emitted, None], np.zeros(src.size), where,
-                 mdc=0.0, emc=1.0, brem=1.0)
-
-    # conversions of the generator's photons anywhere in the listed layers (the MDC gas included)
+        _bremsstrahlung(batch, mat, rng)
     if mat.get("conversions", True):
-        gam = np.flatnonzero(final & (apdg == 22) & (p > 2 * ELECTRON_MASS))
-        t_layers = material_thickness(mat, "x0", before_tracking=False)
-        t_path = t_layers[None, :] * inv_sin[gam, None]
-        converts = rng.random(gam.size) < 1.0 - np.exp(-7.0 / 9.0 * t_path.sum(axis=1))
-        g = gam[converts]
-        cum = np.cumsum(t_path[converts], axis=1)
-        layer = np.minimum((rng.random(g.size)[:, None] * cum[:, -1:] > cum).sum(axis=1), radius.size - 1)
-        r_conv = radius[layer] + rng.random(g.size) * thick[layer]
-        direction = p3[g] / p[g, None]
-        where = vtx[g] + direction * (r_conv * inv_sin[g])[:, None]
-        x = _pair_fraction(g.size, rng)
-        e_pos = np.maximum(x * p[g], ELECTRON_MASS * 1.0001)
-        e_neg = np.maximum((1 - x) * p[g], ELECTRON_MASS * 1.0001)
-        for code, energy in ((-11, e_pos), (11, e_neg)):
-            mom = direction * np.sqrt(energy**2 - ELECTRON_MASS**2)[:, None]
-            rows.add(g, np.full(g.size, code), mom, np.full(g.size, ELECTRON_MASS), where,
-                     mdc=1.0, emc=1.0, brem=0.0)
-        final_out[g] = False
-        emc_ok[g] = False
-
-    muc_from = np.zeros(0, np.int64)
-    muc_child_slot = np.zeros(0, np.int64)
+        _conversions(batch, mat, rng)
     if mat.get("decays_in_flight", True):
-        muc_from, muc_child_slot = _decays(mat, emc_c, muc_c, base, final, apdg, charge, p3, vtx, p, pt,
-                                           bfield, (r_first, r_out, z_mdc, n_layers, min_layers),
-                                           rows, final_out, mdc_ok, emc_ok, mdc_p, rng)
-
+        _decays(batch, mat, constants, rng)
     if mat.get("hadronic_interactions", True):
-        had = np.flatnonzero(final_out & mdc_ok & np.isin(apdg, _HADRONS))
-        lam = material_thickness(mat, "lambda", before_tracking=False)
-        t_path = lam[None, :] * inv_sin[had, None]
-        hits = rng.random(had.size) < 1.0 - np.exp(-t_path.sum(axis=1))
-        h = had[hits]
-        cum = np.cumsum(t_path[hits], axis=1)
-        layer = np.minimum((rng.random(h.size)[:, None] * cum[:, -1:] > cum).sum(axis=1), radius.size - 1)
-        r_int = radius[layer] + rng.random(h.size) * thick[layer]
-        layers_before = n_layers * np.clip((r_int - r_first) / (r_out - r_first), 0.0, 1.0)
-        mdc_ok[h[layers_before < min_layers]] = False
+        _hadronic_interactions(batch, mat, rng)
+    return _assemble(batch)
 
-    return _assemble(base, rows.table(flags), final_out, mdc_ok, emc_ok, mdc_p, emc_p, muc_from,
-                     muc_child_slot)
+
+def _bremsstrahlung(b: _Batch, mat: Mapping[str, Any], rng: np.random.Generator) -> None:
+    """The generator's electrons radiate in the material before the first sense layer."""
+    p, inv_sin = b.p, b.p / np.maximum(b.pt, 1e-9)
+    ele = np.flatnonzero(b.final & (b.apdg == 11))
+    t_layers = material_thickness(mat, "x0", before_tracking=True)
+    t_pre = float(t_layers.sum())
+    keep = bethe_heitler_keep(t_pre * inv_sin[ele], rng)
+    k = p[ele] * (1.0 - keep)
+    b.mdc_p[ele] *= keep[:, None]
+    b.emc_p[ele] *= keep[:, None]
+    emitted = k > float(mat["brem_photon_min_gev"])
+    src = ele[emitted]
+    radius = np.asarray(mat["layers"]["radius_cm"], float)
+    r_emit = float(np.sum(radius * t_layers) / max(t_pre, 1e-12))  # where the radiation lengths are
+    direction = b.p3[src] / p[src, None]
+    where = b.vtx[src] + direction * (r_emit * inv_sin[src])[:, None]
+    b.rows.add(src, np.full(src.size, 22), direction * k[emitted, None], np.zeros(src.size), where,
+               mdc=0.0, emc=1.0, brem=1.0)
+
+
+def _conversions(b: _Batch, mat: Mapping[str, Any], rng: np.random.Generator) -> None:
+    """The generator's photons convert anywhere in the layers (the MDC gas included)."""
+    p, inv_sin = b.p, b.p / np.maximum(b.pt, 1e-9)
+    gam = np.flatnonzero(b.final & (b.apdg == 22) & (p > 2 * ELECTRON_MASS))
+    t_path = material_thickness(mat, "x0", before_tracking=False)[None, :] * inv_sin[gam, None]
+    converts = rng.random(gam.size) < 1.0 - np.exp(-7.0 / 9.0 * t_path.sum(axis=1))
+    g = gam[converts]
+    r_conv = _where_in_layers(t_path[converts], mat, rng)
+    direction = b.p3[g] / p[g, None]
+    where = b.vtx[g] + direction * (r_conv * inv_sin[g])[:, None]
+    x = _pair_fraction(g.size, rng)
+    for code, share in ((-11, x), (11, 1 - x)):
+        energy = np.maximum(share * p[g], ELECTRON_MASS * 1.0001)
+        mom = direction * np.sqrt(energy**2 - ELECTRON_MASS**2)[:, None]
+        b.rows.add(g, np.full(g.size, code), mom, np.full(g.size, ELECTRON_MASS), where, mdc=1.0, emc=1.0,
+                   brem=0.0)
+    b.final_out[g] = False
+    b.emc_ok[g] = False
+
+
+def _hadronic_interactions(b: _Batch, mat: Mapping[str, Any], rng: np.random.Generator) -> None:
+    """π, K, p that interact before leaving ``min_layers`` hits lose their track (no secondaries are made)."""
+    inv_sin = b.p / np.maximum(b.pt, 1e-9)
+    had = np.flatnonzero(b.final_out & b.mdc_ok & np.isin(b.apdg, _HADRONS))
+    t_path = material_thickness(mat, "lambda", before_tracking=False)[None, :] * inv_sin[had, None]
+    hits = rng.random(had.size) < 1.0 - np.exp(-t_path.sum(axis=1))
+    r_int = _where_in_layers(t_path[hits], mat, rng)
+    b.mdc_ok[had[hits][_layers_before(r_int, mat) < float(mat["min_layers_found"])]] = False
+
+
+def _layers_before(radius: np.ndarray, mat: Mapping[str, Any]) -> np.ndarray:
+    """MDC layers a track from the beam line has crossed when it reaches ``radius`` (layers evenly spread)."""
+    first, outer = float(mat["mdc_first_layer_cm"]), float(mat["mdc_outer_radius_cm"])
+    return float(mat["mdc_layers"]) * np.clip((radius - first) / (outer - first), 0.0, 1.0)
+
+
+def _where_in_layers(t_path: np.ndarray, mat: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """Radius of an interaction that happened somewhere in the layers: a layer in proportion to its share of
+    ``t_path`` (n, layers), uniform across its thickness."""
+    radius: np.ndarray = np.asarray(mat["layers"]["radius_cm"], float)
+    thick: np.ndarray = np.asarray(mat["layers"]["thickness_cm"], float)
+    cum = np.cumsum(t_path, axis=1)
+    layer: np.ndarray = np.minimum((rng.random((cum.shape[0], 1)) * cum[:, -1:] > cum).sum(axis=1), radius.size - 1)
+    return np.asarray(radius[layer] + rng.random(layer.size) * thick[layer])
 
 
 def _pair_fraction(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -325,50 +363,42 @@ def _pair_fraction(n: int, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def _decays(mat: Mapping[str, Any], emc_c: Mapping[str, Any], muc_c: Mapping[str, Any],
-            base: Mapping[str, np.ndarray], final: np.ndarray, apdg: np.ndarray, charge: np.ndarray,
-            p3: np.ndarray, vtx: np.ndarray, p: np.ndarray, pt: np.ndarray, bfield: float,
-            mdc_geom: tuple[float, float, float, float, float], rows: _Rows, final_out: np.ndarray,
-            mdc_ok: np.ndarray, emc_ok: np.ndarray, mdc_p: np.ndarray,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """π± and K± decays in flight; returns (parents whose daughter reaches the MUC, index of that daughter
-    among the new rows)."""
-    r_first, r_out, z_mdc, n_layers, min_layers = mdc_geom
-    cand = np.flatnonzero(final & np.isin(apdg, (211, 321)))
-    code = apdg[cand]
-    mass = np.where(code == 211, PION_MASS, KAON_MASS)
-    ctau = np.where(code == 211, float(mat["ctau_cm"]["pion"]), float(mat["ctau_cm"]["kaon"]))
-    length = p[cand] / mass * ctau * rng.exponential(1.0, cand.size)
-    s_t = length * pt[cand] / np.maximum(p[cand], 1e-12)
-    q, pz, vz = charge[cand], p3[cand, 2], vtx[cand, 2]
-    exit_arc = {name: _exit_arc(q, pt[cand], pz, vz, r, z, bfield) for name, r, z in (
-        ("first", r_first, z_mdc), ("mdc", r_out, z_mdc),
-        ("emc", float(emc_c["barrel_radius_cm"]), float(emc_c["endcap_z_cm"])),
-        ("muc", float(muc_c["inner_radius_cm"]), float(muc_c["inner_z_cm"])))}
+def _decays(b: _Batch, mat: Mapping[str, Any], constants: Mapping[str, Mapping[str, Any]],
+            rng: np.random.Generator) -> None:
+    """π± and K± decays in flight, at their point on the helix; records which daughter the MUC sees."""
+    bfield = float(constants["Mdc"]["bfield_t"])
+    emc_c, muc_c = constants["Emc"], constants["Muc"]
+    p, pt = b.p, b.pt
+    cand = np.flatnonzero(b.final & np.isin(b.apdg, (211, 321)))
+    is_pion = b.apdg[cand] == 211
+    mass = np.where(is_pion, PION_MASS, KAON_MASS)
+    ctau = np.where(is_pion, float(mat["ctau_cm"]["pion"]), float(mat["ctau_cm"]["kaon"]))
+    s_t = p[cand] / mass * ctau * rng.exponential(1.0, cand.size) * pt[cand] / np.maximum(p[cand], 1e-12)
+    z_mdc = float(mat["mdc_half_length_cm"])
+    exit_arc = {name: _exit_arc(b.charge[cand], pt[cand], b.p3[cand, 2], b.vtx[cand, 2], r, z, bfield)
+                for name, r, z in (
+                    ("first", float(mat["mdc_first_layer_cm"]), z_mdc),
+                    ("mdc", float(mat["mdc_outer_radius_cm"]), z_mdc),
+                    ("emc", float(emc_c["barrel_radius_cm"]), float(emc_c["endcap_z_cm"])),
+                    ("muc", float(muc_c["inner_radius_cm"]), float(muc_c["inner_z_cm"])))}
     decays = s_t < exit_arc["muc"]
-    d = cand[decays]
-    s_d = s_t[decays]
-    x, y, z, px_d, py_d = helix_point(charge[d], p3[d, 0], p3[d, 1], p3[d, 2], vtx[d, 0], vtx[d, 1],
-                                      vtx[d, 2], s_d, bfield)
-    p_at = np.stack([px_d, py_d, p3[d, 2]], 1)
+    d, s_d = cand[decays], s_t[decays]
+    x, y, z, px_d, py_d = helix_point(b.charge[d], b.p3[d, 0], b.p3[d, 1], b.p3[d, 2], b.vtx[d, 0], b.vtx[d, 1],
+                                      b.vtx[d, 2], s_d, bfield)
+    p_at = np.stack([px_d, py_d, b.p3[d, 2]], 1)
     # the channel: K± -> μν with the μν share of (μν + ππ0), the rarer channels folded in proportionally
     br_mu = float(mat["kaon_br_munu"]) / (float(mat["kaon_br_munu"]) + float(mat["kaon_br_pipi0"]))
-    muon_mode = (apdg[d] == 211) | (rng.random(d.size) < br_mu)
+    muon_mode = is_pion[decays] | (rng.random(d.size) < br_mu)
     m_charged = np.where(muon_mode, MUON_MASS, PION_MASS)
-    m_neutral = np.where(muon_mode, 0.0, PI0_MASS)
-    parent_m = np.where(apdg[d] == 211, PION_MASS, KAON_MASS)
-    p_ch, p_neu = _two_body(p_at, parent_m, m_charged, m_neutral, rng)
-    sign = np.sign(base["pdg"][d])
-    ch_pdg = np.where(muon_mode, -13 * sign, 211 * sign)  # π+ -> μ+ (pdg -13); K+ -> π+
-    nu_pdg = 14 * sign
+    p_ch, p_neu = _two_body(p_at, mass[decays], m_charged, np.where(muon_mode, 0.0, PI0_MASS), rng)
+    sign = np.sign(b.base["pdg"][d])
     where = np.stack([x, y, z], 1)
-    r_dec = np.hypot(x, y)
 
     in_first = s_d < exit_arc["first"][decays]
     in_mdc = ~in_first & (s_d < exit_arc["mdc"][decays])
     before_emc = s_d < exit_arc["emc"][decays]
-    frac = np.clip((r_dec - r_first) / (r_out - r_first), 0.0, 1.0)
-    layers_before = np.where(in_first, 0.0, np.where(in_mdc, n_layers * frac, n_layers))
+    n_layers, min_layers = float(mat["mdc_layers"]), float(mat["min_layers_found"])
+    layers_before = np.where(in_first, 0.0, np.where(in_mdc, _layers_before(np.hypot(x, y), mat), n_layers))
     parent_found = layers_before >= min_layers
     cos_kink = np.einsum("ij,ij->i", p_at, p_ch) / (np.linalg.norm(p_at, axis=1) *
                                                       np.maximum(np.linalg.norm(p_ch, axis=1), 1e-12))
@@ -376,35 +406,30 @@ def _decays(mat: Mapping[str, Any], emc_c: Mapping[str, Any], muc_c: Mapping[str
     child_tracked = (in_first | in_mdc) & (n_layers - layers_before >= min_layers) & separate
     # a kinked track: the fit averages the curvature of the hits before and after the decay
     kinked = in_mdc & parent_found
-    w = frac[kinked]
-    p_par = p[d[kinked]]
-    p_child = np.linalg.norm(p_ch[kinked], axis=1)
-    mdc_p[d[kinked]] *= ((w * p_par + (1 - w) * p_child) / p_par)[:, None]
-    mdc_ok[d] &= parent_found
-    emc_ok[d] &= ~before_emc
-    final_out[d] = False
+    w = layers_before[kinked] / n_layers
+    p_par, p_child = p[d[kinked]], np.linalg.norm(p_ch[kinked], axis=1)
+    b.mdc_p[d[kinked]] *= ((w * p_par + (1 - w) * p_child) / p_par)[:, None]
+    b.mdc_ok[d] &= parent_found
+    b.emc_ok[d] &= ~before_emc
+    b.final_out[d] = False
 
-    first_new = sum(part["parent"].size for part in rows.parts)
-    rows.add(d, ch_pdg, p_ch, m_charged, where, mdc=child_tracked.astype(float),
-             emc=before_emc.astype(float), brem=0.0)
-    # neutrinos leave; π0 -> γγ at once (its photons are recorded as the kaon's daughters)
-    nu = muon_mode
-    rows.add(d[nu], nu_pdg[nu], p_neu[nu], np.zeros(int(nu.sum())), where[nu], mdc=0.0, emc=0.0,
-             brem=0.0)
-    pi0 = ~muon_mode
-    g1, g2 = _two_body(p_neu[pi0], np.full(int(pi0.sum()), PI0_MASS), np.zeros(int(pi0.sum())),
-                       np.zeros(int(pi0.sum())), rng)
-    for g in (g1, g2):
-        rows.add(d[pi0], np.full(int(pi0.sum()), 22), g, np.zeros(int(pi0.sum())), where[pi0], mdc=0.0,
-                 emc=before_emc[pi0].astype(float), brem=0.0)
     # the charged daughter is what the muon counter sees of the parent's track
-    return d, first_new + np.arange(d.size)
+    b.muc_from = d
+    b.muc_child = b.rows.size + np.arange(d.size)
+    b.rows.add(d, np.where(muon_mode, -13 * sign, 211 * sign),  # π+ -> μ+ (pdg -13); K+ -> π+
+               p_ch, m_charged, where, mdc=child_tracked.astype(float), emc=before_emc.astype(float), brem=0.0)
+    # neutrinos leave; π0 -> γγ at once (its photons are recorded as the kaon's daughters)
+    nu, pi0 = muon_mode, ~muon_mode
+    b.rows.add(d[nu], 14 * sign[nu], p_neu[nu], np.zeros(int(nu.sum())), where[nu], mdc=0.0, emc=0.0, brem=0.0)
+    zeros = np.zeros(int(pi0.sum()))
+    for g in _two_body(p_neu[pi0], zeros + PI0_MASS, zeros, zeros, rng):
+        b.rows.add(d[pi0], np.full(zeros.size, 22), g, zeros, where[pi0], mdc=0.0,
+                   emc=before_emc[pi0].astype(float), brem=0.0)
 
 
-def _assemble(base: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray], final_out: np.ndarray,
-              mdc_ok: np.ndarray, emc_ok: np.ndarray, mdc_p: np.ndarray, emc_p: np.ndarray,
-              muc_from: np.ndarray, muc_child_slot: np.ndarray) -> Propagated:
+def _assemble(b: _Batch) -> Propagated:
     """Insert the new rows after their event's particles; build the detector views on the new row order."""
+    base, new = b.base, b.rows.table(("mdc", "emc", "brem"))
     n_old = base["pdg"].size
     n_events = base["n_truth"].size
     parent = new["parent"].astype(np.int64)
@@ -441,24 +466,24 @@ def _assemble(base: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray], fin
         "vx": column(base["vx"], new["vx"], float),
         "vy": column(base["vy"], new["vy"], float),
         "vz": column(base["vz"], new["vz"], float),
-        "final": column(final_out, np.ones(parent.size, np.int8), np.int8),
+        "final": column(b.final_out, np.ones(parent.size, np.int8), np.int8),
     }
+
     def momenta(seen_p: np.ndarray) -> dict[str, np.ndarray]:
         # the truth's columns, with the few rows whose momentum the material changed
-        changed = np.flatnonzero(np.any(seen_p != p_old, axis=1))
+        changed = np.flatnonzero(np.any(seen_p != b.p3, axis=1))
         out = {k: truth[k].copy() for k in ("px", "py", "pz")}
         for i, k in enumerate(("px", "py", "pz")):
             out[k][position[changed]] = seen_p[changed, i]
         return out
 
-    p_old = np.stack([base["px"], base["py"], base["pz"]], 1)
-    mdc = {**truth, "final": column(mdc_ok, new["mdc"], np.int8), **momenta(mdc_p)}
-    emc = {**truth, "final": column(emc_ok, new["emc"], np.int8), **momenta(emc_p)}
+    mdc = {**truth, "final": column(b.mdc_ok, new["mdc"], np.int8), **momenta(b.mdc_p)}
+    emc = {**truth, "final": column(b.emc_ok, new["emc"], np.int8), **momenta(b.emc_p)}
     # the energy at the EMC: the particle's own mass with the momentum it arrives with
     mass2 = np.maximum(truth["e"] ** 2 - truth["px"] ** 2 - truth["py"] ** 2 - truth["pz"] ** 2, 0.0)
     emc["e"] = np.sqrt(emc["px"] ** 2 + emc["py"] ** 2 + emc["pz"] ** 2 + mass2)
     muc_row = np.arange(total)
-    muc_row[position[muc_from]] = position[n_old + muc_child_slot]
+    muc_row[position[b.muc_from]] = position[n_old + b.muc_child]
     brem_parent = np.full(total, -1, np.int64)
     brem = np.flatnonzero(new["brem"] > 0)
     brem_parent[position[n_old + brem]] = position[parent[brem]]
