@@ -14,13 +14,21 @@ Every number comes from the calibration payloads handed in (``constants[type][na
 * **TOF** (``Tof``): barrel/endcap coverage, path length along the helix, resolution per period; χ per
   hypothesis; NaN without a hit.
 * **EMC** (``Emc``): photons and electrons shower with σE/E = a/√E ⊕ b and a low-side leakage tail,
-  position σ = c/√E ⊕ d; muons and non-interacting hadrons leave a Landau (Moyal) MIP deposit; interacting
-  hadrons a hadronic shower with split-offs; p̄/n̄ annihilate; noise showers per event; shower shapes
-  (crystals, E3x3, E5x5, moments); an energy scale per run period.
-* **MUC** (``Muc``): penetration depth for muons above threshold, rare hadron punch-through.
+  position σ = c/√E ⊕ d; muons and non-interacting hadrons leave the Landau most probable energy loss of
+  their βγ in 28 cm of CsI (:func:`csi_mip_deposit`, Moyal-distributed); interacting hadrons a hadronic
+  shower with split-offs; p̄/n̄ annihilate; noise showers per event; shower shapes per kind (crystals,
+  E5x5/E, E3x3/E5x5, second and lateral moments, as BOSS stores them); a bremsstrahlung photon within a
+  crystal of its electron joins its shower; an energy scale per run period.
+* **MUC** (``Muc``): penetration depth of what reaches the iron (a decay-in-flight muon counts as a muon):
+  muons range out and are matched with an efficiency; punch-through hadrons go on until their first nuclear
+  interaction in the iron.
+* **Material** (``Material``, :mod:`vbes.datasets.material`): before any of this, bremsstrahlung,
+  conversions, decays in flight and hadronic interactions in the beam pipe and MDC inner wall change what
+  each detector sees and add secondaries to the truth record.
 
-Truth matching: ``tracks.truth_index``/``showers.truth_index`` point at the truth particle (within the event);
-``tracks.emc_index`` at the track's own shower.
+Truth matching: ``tracks.truth_index``/``showers.truth_index`` point at the truth particle (within the event)
+of the propagated truth record (``simulate_detector(...)["truth"]``); ``tracks.emc_index`` at the track's own
+shower.
 
 Example:
     >>> from vbes.datasets.generator import JpsiGenerator
