@@ -7,7 +7,7 @@ Prints, measured in the same run:
 * our batched Pythia generation (angular laws, boost, beam spot) on one core;
 * the detector response alone on one core;
 * generation + detector response on 2 worker processes (target ≥ 20,000 events/s), and its ratio to the
-  baseline.
+  baseline; the same with the material effects off (``material=False``), for their cost.
 
 Run: ``python benchmarks/bench_generate.py [N_EVENTS]``.
 """
@@ -63,6 +63,9 @@ def main() -> None:
     t0 = time.perf_counter()
     simulate("rhopi", n_events, runs=(-10000, -9001), seed=3, workers=2)
     full_rate = n_events / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    simulate("rhopi", n_events, runs=(-10000, -9001), seed=3, workers=2, material=False)
+    plain_rate = n_events / (time.perf_counter() - t0)
 
     print(f"J/psi -> rho pi, {n_events} events")
     print(f"  baseline: Pythia alone, 1 J/psi per next(), 1 core : {baseline:10,.0f} events/s")
@@ -71,6 +74,8 @@ def main() -> None:
     print(f"  detector response alone, 1 core                   : {det_rate:10,.0f} events/s")
     print(f"  generation + detector response, 2 workers         : {full_rate:10,.0f} events/s "
           f"({full_rate / baseline:.2f} x baseline, {full_rate / TARGET:.2f} x the 20,000/s target)")
+    print(f"  the same without the material effects, 2 workers  : {plain_rate:10,.0f} events/s "
+          f"(material effects cost {plain_rate / full_rate - 1:.0%})")
 
 
 if __name__ == "__main__":

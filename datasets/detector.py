@@ -14,13 +14,21 @@ Every number comes from the calibration payloads handed in (``constants[type][na
 * **TOF** (``Tof``): barrel/endcap coverage, path length along the helix, resolution per period; χ per
   hypothesis; NaN without a hit.
 * **EMC** (``Emc``): photons and electrons shower with σE/E = a/√E ⊕ b and a low-side leakage tail,
-  position σ = c/√E ⊕ d; muons and non-interacting hadrons leave a Landau (Moyal) MIP deposit; interacting
-  hadrons a hadronic shower with split-offs; p̄/n̄ annihilate; noise showers per event; shower shapes
-  (crystals, E3x3, E5x5, moments); an energy scale per run period.
-* **MUC** (``Muc``): penetration depth for muons above threshold, rare hadron punch-through.
+  position σ = c/√E ⊕ d; muons and non-interacting hadrons leave the Landau most probable energy loss of
+  their βγ in 28 cm of CsI (:func:`csi_mip_deposit`, Moyal-distributed); interacting hadrons a hadronic
+  shower with split-offs; p̄/n̄ annihilate; noise showers per event; shower shapes per kind (crystals,
+  E5x5/E, E3x3/E5x5, second and lateral moments, as BOSS stores them); a bremsstrahlung photon within a
+  crystal of its electron joins its shower; an energy scale per run period.
+* **MUC** (``Muc``): penetration depth of what reaches the iron (a decay-in-flight muon counts as a muon):
+  muons range out and are matched with an efficiency; punch-through hadrons go on until their first nuclear
+  interaction in the iron.
+* **Material** (``Material``, :mod:`vbes.datasets.material`): before any of this, bremsstrahlung,
+  conversions, decays in flight and hadronic interactions in the beam pipe and MDC inner wall change what
+  each detector sees and add secondaries to the truth record.
 
-Truth matching: ``tracks.truth_index``/``showers.truth_index`` point at the truth particle (within the event);
-``tracks.emc_index`` at the track's own shower.
+Truth matching: ``tracks.truth_index``/``showers.truth_index`` point at the truth particle (within the event)
+of the propagated truth record (``simulate_detector(...)["truth"]``); ``tracks.emc_index`` at the track's own
+shower.
 
 Example:
     >>> from vbes.datasets.generator import JpsiGenerator
@@ -28,7 +36,7 @@ Example:
     >>> truth = JpsiGenerator("mumu", seed=1).generate(50)
     >>> reco = simulate_detector(truth, default_constants(), np.random.default_rng(1))
     >>> sorted(reco)
-    ['n_showers', 'n_tracks', 'showers', 'tracks']
+    ['n_showers', 'n_tracks', 'showers', 'tracks', 'truth']
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from vbes.datasets.material import propagate
 from vbes.datasets.schema import HYPOTHESIS_MASSES, pack_symmetric
 
 __all__ = [
@@ -46,6 +55,8 @@ __all__ = [
     "C_CM_PER_NS",
     "REQUIRED_PAYLOAD_TYPES",
     "SIM_CONSTANTS_FILE",
+    "csi_dedx_mean",
+    "csi_mip_deposit",
     "dedx_curve",
     "default_constants",
     "helix_momentum",
@@ -56,10 +67,12 @@ __all__ = [
 
 #: speed of light, cm/ns
 C_CM_PER_NS = 29.9792458
+_ELECTRON_MEV = 0.51099895
+_K_BETHE = 0.307075  # 4π N_A r_e² m_e c², MeV cm²/mol (PDG)
 #: radius of curvature in cm of a track of pT = 1 GeV/c in 1 T
 CM_PER_GEV_TESLA = 100.0 / 0.299792458
 #: payload types the detector model reads
-REQUIRED_PAYLOAD_TYPES = ("Beam", "Mdc", "Dedx", "Tof", "Emc", "Muc")
+REQUIRED_PAYLOAD_TYPES = ("Beam", "Mdc", "Dedx", "Tof", "Emc", "Muc", "Material")
 #: the simulation tag's payload file (package data of vbes.calibration)
 SIM_CONSTANTS_FILE = Path(__file__).resolve().parents[1] / "calibration" / "data" / "boss-6.6.4-sim-2.yaml"
 
@@ -259,16 +272,22 @@ def _tracks(truth: Mapping[str, np.ndarray], sel: np.ndarray, c: Constants,
 
 def _muc_depth(pdg: np.ndarray, p: np.ndarray, cos_theta: np.ndarray, c: Mapping[str, Any],
                rng: np.random.Generator) -> np.ndarray:
+    """Penetration depth (cm of iron) in the muon counter of what reaches it (a decay muon counts as a muon).
+
+    Muons range out by ionisation and are matched to their hits with ``muon_match_efficiency`` (gaps between
+    modules, dead strips); a hadron that reaches the iron without interacting (``punch_prob``) goes on like a
+    MIP until its first nuclear interaction, ``Exp(iron_interaction_length_cm)``, or until it ranges out.
+    """
     n = pdg.size
     apdg = np.abs(pdg)
     inside = np.abs(cos_theta) < c["cos_max"]
     max_depth = np.where(np.abs(cos_theta) < c["barrel_cos_max"], c["barrel_depth_cm"], c["endcap_depth_cm"])
     muon_range = (p - c["p_threshold_gev"]) / c["iron_loss_gev_per_cm"]
     depth_mu = np.minimum(muon_range, max_depth) + c["depth_sigma_cm"] * rng.standard_normal(n)
-    muon = (apdg == 13) & (p > c["p_threshold_gev"])
+    muon = (apdg == 13) & (p > c["p_threshold_gev"]) & (rng.random(n) < c["muon_match_efficiency"])
     punch = np.isin(apdg, (211, 321, 2212)) & (p > c["punch_p_min_gev"]) & (rng.random(n) < c["punch_prob"])
-    depth_had = np.minimum(rng.exponential(c["punch_depth_cm"], n), max_depth)
-    depth = np.where(muon, np.clip(depth_mu, 0.0, max_depth), np.where(punch, depth_had, 0.0))
+    depth_had = np.minimum(rng.exponential(c["iron_interaction_length_cm"], n), np.maximum(muon_range, 0.0))
+    depth = np.where(muon, np.clip(depth_mu, 0.0, max_depth), np.where(punch, np.minimum(depth_had, max_depth), 0.0))
     return np.where(inside, depth, 0.0)
 
 
@@ -301,25 +320,71 @@ def _impact(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, 
 
 def _shower_shapes(kind: np.ndarray, energy: np.ndarray, shapes: Mapping[str, Any],
                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Cluster shapes per shower kind: crystals, E5x5/E, E3x3/E5x5, second and lateral moments.
+
+    As in BOSS, ``e3x3``/``e5x5`` are raw sums a few per cent below the corrected ``energy``; clusters of at
+    most three crystals lie inside their 3x3 (E3x3 = E5x5), and the lateral moment, which skips the two most
+    energetic crystals, is zero for clusters of one or two crystals.
+    """
     names = ("em", "mip", "hadronic", "splitoff", "noise")
     par = {key: np.asarray([shapes[name][key] for name in names], float)[kind]
-           for key in ("crystals_base", "crystals_per_sqrt_gev", "e3x3_beta", "e5x5_beta", "second_moment_gamma",
-                       "lat_moment_beta")}
+           for key in ("crystals_base", "crystals_per_sqrt_gev", "e5x5_over_e_beta", "e3x3_over_e5x5_beta",
+                       "second_moment_gamma", "lat_moment_beta")}
     e_pos = np.maximum(energy, 0.0)
     n_crystals = 1 + rng.poisson(par["crystals_base"] + par["crystals_per_sqrt_gev"] * np.sqrt(e_pos))
-    a3, b3 = par["e3x3_beta"][:, 0], par["e3x3_beta"][:, 1]
-    e3x3 = energy * np.where(n_crystals == 1, 1.0, rng.beta(a3, b3))
-    a5, b5 = par["e5x5_beta"][:, 0], par["e5x5_beta"][:, 1]
-    e5x5 = e3x3 + (energy - e3x3) * rng.beta(a5, b5)
-    second = rng.gamma(par["second_moment_gamma"][:, 0], par["second_moment_gamma"][:, 1])
-    lat = np.where(n_crystals == 1, 0.0, rng.beta(par["lat_moment_beta"][:, 0], par["lat_moment_beta"][:, 1]))
+    e5x5 = energy * rng.beta(par["e5x5_over_e_beta"][:, 0], par["e5x5_over_e_beta"][:, 1])
+    inner = rng.beta(par["e3x3_over_e5x5_beta"][:, 0], par["e3x3_over_e5x5_beta"][:, 1])
+    e3x3 = e5x5 * np.where(n_crystals <= 3, 1.0, inner)
+    second = np.where(n_crystals == 1, 0.0,
+                      rng.gamma(par["second_moment_gamma"][:, 0], par["second_moment_gamma"][:, 1]))
+    lat = np.where(n_crystals <= 2, 0.0, rng.beta(par["lat_moment_beta"][:, 0], par["lat_moment_beta"][:, 1]))
     return {"n_crystals": np.minimum(n_crystals, 32000).astype(np.int16), "e3x3": e3x3, "e5x5": e5x5,
             "second_moment": second, "lat_moment": lat}
 
 
-def _showers(truth: Mapping[str, np.ndarray], n_events: int, c: Constants, rng: np.random.Generator,
-             ) -> dict[str, np.ndarray]:
-    """EMC showers of all final particles, their split-offs and noise; unsorted, with ``event`` and ``_src``."""
+def _density_effect(betagamma: np.ndarray, d: Mapping[str, float]) -> np.ndarray:
+    """Sternheimer's density-effect correction δ(βγ) (PDG Review, Passage of particles through matter)."""
+    x = np.log10(np.maximum(betagamma, 1e-6))
+    mid = 2 * np.log(10.0) * x - d["c_bar"] + d["a"] * np.maximum(d["x1"] - x, 0.0) ** d["k"]
+    return np.where(x < d["x0"], 0.0, np.where(x < d["x1"], mid, 2 * np.log(10.0) * x - d["c_bar"]))
+
+
+def csi_dedx_mean(betagamma: np.ndarray, mass: float, csi: Mapping[str, Any]) -> np.ndarray:
+    """Mean energy loss of a singly charged particle in CsI, MeV cm²/g (Bethe with the density effect).
+
+    Args:
+        betagamma: βγ of the particle.
+        mass: its mass in GeV/c² (for the largest energy transfer to an electron).
+        csi: the ``Emc`` payload's ``csi`` constants (Z/A, mean excitation energy, density-effect parameters).
+    """
+    bg = np.asarray(betagamma, float)
+    beta2 = bg**2 / (1 + bg**2)
+    gamma = np.sqrt(1 + bg**2)
+    me = _ELECTRON_MEV
+    ratio = me / (mass * 1e3)
+    t_max = 2 * me * bg**2 / (1 + 2 * gamma * ratio + ratio**2)
+    i_mev = float(csi["mean_excitation_ev"]) * 1e-6
+    log_term = 0.5 * np.log(2 * me * bg**2 * t_max / i_mev**2)
+    return _K_BETHE * float(csi["z_over_a"]) / beta2 * (log_term - beta2 - _density_effect(bg, csi["density_effect"]) / 2)
+
+
+def csi_mip_deposit(betagamma: np.ndarray, path_cm: np.ndarray, csi: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+    """Landau most probable energy loss and its width ξ (GeV) over ``path_cm`` of CsI (PDG eq. 34.12)."""
+    bg = np.asarray(betagamma, float)
+    beta2 = bg**2 / (1 + bg**2)
+    x = np.asarray(path_cm, float) * float(csi["density_g_cm3"])
+    xi = _K_BETHE / 2 * float(csi["z_over_a"]) * x / beta2
+    i_mev = float(csi["mean_excitation_ev"]) * 1e-6
+    mpv = xi * (np.log(2 * _ELECTRON_MEV * bg**2 / i_mev) + np.log(xi / i_mev) + 0.200 - beta2
+                - _density_effect(bg, csi["density_effect"]))
+    return mpv * 1e-3, xi * 1e-3
+
+
+def _showers(truth: Mapping[str, np.ndarray], brem_parent: np.ndarray, n_events: int, c: Constants,
+             rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """EMC showers of all particles that reach the EMC, their split-offs and noise; unsorted, with ``event`` and
+    ``_src``. A bremsstrahlung photon (``brem_parent`` >= 0) within ``brem_merge_cm`` of its electron joins the
+    electron's shower."""
     emc = c["Emc"]
     bfield = float(c["Mdc"]["bfield_t"])
     final = np.flatnonzero(truth["final"].astype(bool) & ~np.isin(np.abs(truth["pdg"]), _NEUTRINOS))
@@ -334,6 +399,19 @@ def _showers(truth: Mapping[str, np.ndarray], n_events: int, c: Constants, rng: 
     mass = np.sqrt(np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0))
     kinetic = e - mass
     n = final.size
+    # a bremsstrahlung photon close to its electron on the EMC face is one cluster with it
+    slot = np.full(truth["pdg"].size, -1, np.int64)
+    slot[final] = np.arange(n)
+    photon = np.flatnonzero(brem_parent[final] >= 0)
+    parent = slot[brem_parent[final[photon]]]
+    ok = parent >= 0
+    photon, parent = photon[ok], parent[ok]
+    gap = np.hypot(r[photon] * _wrap(phi[photon] - phi[parent]), np.hypot(r[photon] - r[parent], z[photon] - z[parent]))
+    merged = reaches[photon] & reaches[parent] & (gap < emc["brem_merge_cm"])
+    e = e.copy()
+    np.add.at(e, parent[merged], e[photon[merged]])
+    joined = np.zeros(n, bool)
+    joined[photon[merged]] = True
 
     em = (apdg == 22) | (apdg == 11)
     hadron = np.isin(apdg, _HADRONS)
@@ -345,15 +423,20 @@ def _showers(truth: Mapping[str, np.ndarray], n_events: int, c: Constants, rng: 
     rel = _quad(stochastic / np.sqrt(np.maximum(e, 1e-3)), constant)
     leak = np.where(rng.random(n) < emc["leakage_tail_prob"], rng.exponential(emc["leakage_tail_mean"], n), 0.0)
     e_em = e * (1.0 + rel * rng.standard_normal(n) - leak)
-    # minimum ionising: Moyal around the MIP peak, at most the kinetic energy
-    e_mip = np.minimum(emc["mip_peak_gev"] + emc["mip_width_gev"] * _moyal(rng, n), kinetic)
+    # minimum ionising: Landau (Moyal) energy loss at the particle's βγ over its path through one crystal
+    # (longer when a curling track enters at an angle), smeared by the electronics; at most the kinetic energy
+    radius_curv = np.where(charge != 0, CM_PER_GEV_TESLA * np.hypot(px, py) / bfield, 1e12)
+    cos_entry = np.sqrt(np.maximum(1 - (emc["barrel_radius_cm"] / (2 * radius_curv)) ** 2, 0.25))
+    path = float(emc["crystal_length_cm"]) / np.where(barrel, cos_entry, 1.0)
+    mpv, xi = csi_mip_deposit(np.sqrt(px**2 + py**2 + pz**2) / np.maximum(mass, 1e-6), path, emc["csi"])
+    e_mip = np.minimum(mpv + xi * _moyal(rng, n) + emc["mip_width_gev"] * rng.standard_normal(n), kinetic)
     # hadronic: a visible fraction of the kinetic energy (plus annihilation energy for antibaryons)
     available = kinetic + np.where(antibaryon, 2 * mass, 0.0)
     e_had = available * rng.beta(emc["hadronic_visible_beta"][0], emc["hadronic_visible_beta"][1], n)
     neutral_hadron = hadron & (charge == 0)
     deposit = np.where(em, e_em, np.where(interacts | antibaryon, e_had, e_mip))
     kind = np.where(em, _KIND_EM, np.where(interacts | antibaryon, _KIND_HAD, _KIND_MIP))
-    has_shower = reaches & (em | (apdg == 13) | hadron) & ~(neutral_hadron & ~interacts & ~antibaryon)
+    has_shower = reaches & (em | (apdg == 13) | hadron) & ~(neutral_hadron & ~interacts & ~antibaryon) & ~joined
     deposit = deposit * emc["energy_scale"]
     has_shower &= deposit > emc["threshold_gev"]
 
@@ -445,10 +528,14 @@ def simulate_detector(truth: Mapping[str, np.ndarray], constants: Constants,
         rng: the random stream of this batch.
 
     Returns:
-        ``{"tracks": {field: array}, "showers": {field: array}, "n_tracks", "n_showers"}`` with the schema's
-        columns, objects in event order.
+        ``{"tracks": {field: array}, "showers": {field: array}, "n_tracks", "n_showers", "truth"}`` with the
+        schema's columns, objects in event order; ``truth`` is the truth record after the material
+        (:func:`vbes.datasets.material.propagate`: secondaries added), the rows ``truth_index`` points at.
     """
     n_events = int(truth["n_truth"].size)
+    # the material between the beam and the detectors: from here on `truth` is what the MDC sees
+    seen = propagate(truth, constants, rng)
+    truth = seen.mdc
     event_all = truth["event"]
     truth_pos = _event_positions(event_all, n_events)
     mdc = constants["Mdc"]
@@ -464,10 +551,13 @@ def simulate_detector(truth: Mapping[str, np.ndarray], constants: Constants,
         (np.abs(cos_theta) < mdc["cos_theta_max"]) & (rng.random(p.size) < efficiency)
     sel = np.flatnonzero(found)
     tracks = _tracks(truth, sel, constants, rng)
-    tracks["muc_depth"] = _muc_depth(truth["pdg"][sel], p[sel], cos_theta[sel], constants["Muc"], rng)
+    # the muon counter sees what is left of the track there: a decay-in-flight muon, or the particle itself
+    at_muc = seen.muc_row[sel]
+    p_muc = np.sqrt(seen.truth["px"][at_muc] ** 2 + seen.truth["py"][at_muc] ** 2 + seen.truth["pz"][at_muc] ** 2)
+    tracks["muc_depth"] = _muc_depth(seen.truth["pdg"][at_muc], p_muc, cos_theta[sel], constants["Muc"], rng)
     tracks["truth_index"] = truth_pos[sel].astype(np.int32)
 
-    showers = _showers(truth, n_events, constants, rng)
+    showers = _showers(seen.emc, seen.brem_parent, n_events, constants, rng)
     # showers in event order, most energetic first (as BOSS writes them)
     order = np.lexsort((-showers["energy"], showers["event"]))
     showers = {k: v[order] for k, v in showers.items()}
@@ -489,4 +579,5 @@ def simulate_detector(truth: Mapping[str, np.ndarray], constants: Constants,
         "showers": showers,
         "n_tracks": np.bincount(event_all[sel], minlength=n_events).astype(np.int32),
         "n_showers": np.bincount(shower_event, minlength=n_events).astype(np.int32),
+        "truth": seen.truth,
     }

@@ -55,11 +55,14 @@ def _check_request(n_events: int, output: Path, runs_text: str, runs: tuple[int,
 @click.option("--tag", default=SIM_TAG, show_default=True, help="Calibration global tag.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same events).")
 @click.option("--no-fsr", is_flag=True, help="Turn final-state radiation in decays off.")
+@click.option("--no-material", is_flag=True,
+              help="Turn the material effects off (bremsstrahlung, conversions, decays in flight, hadronic "
+                   "interactions), e.g. to compare with FSR alone.")
 @click.option("-j", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def generate(channel: str, n_events: int, output: Path, runs_text: str, tag: str, seed: int, no_fsr: bool,
-             workers: int, as_json: bool) -> None:
+             no_material: bool, workers: int, as_json: bool) -> None:
     """Generate CHANNEL (rhopi, kskpi, ee, mumu, ppbar, inclusive) with constants of TAG for the runs."""
     from vbes.calibration import CalibrationStore
 
@@ -75,10 +78,10 @@ def generate(channel: str, n_events: int, output: Path, runs_text: str, tag: str
             hint = " (run `vbes calib init` to create it)" if tag == SIM_TAG else ""
             raise TagNotFound(f"{exc}{hint}") from None
         path = generate_sample(channel, n_events, output, runs=runs, tag=tag, seed=seed, store=store,
-                               fsr=not no_fsr, workers=workers,
+                               fsr=not no_fsr, workers=workers, material=not no_material,
                                progress=lambda chunks, total: progress(chunks, total=total, desc="generate",
                                                                         unit="chunk"))
     result = {"path": str(path), "channel": channel, "events": n_events, "runs": list(runs), "tag": tag,
-              "seed": seed, "fsr": not no_fsr}
+              "seed": seed, "fsr": not no_fsr, "material": not no_material}
     emit(result, as_json, text=f"wrote {n_events} {channel} events (runs {runs[0]}..{runs[1]}, tag {tag}, "
                                f"seed {seed}) to {path}")

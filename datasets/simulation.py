@@ -153,14 +153,18 @@ def _plan(n_events: int, runs: tuple[int, int], resolver: Any, tag: str,
 _WORKER_GENERATORS: dict[tuple[str, int, bool], JpsiGenerator] = {}
 
 
-def _simulate_chunk(channel: str, seed: int, fsr: bool, chunk: _Chunk) -> Tables:
+def _simulate_chunk(channel: str, seed: int, fsr: bool, material: bool, chunk: _Chunk) -> Tables:
     key = (channel, seed, fsr)
     if key not in _WORKER_GENERATORS:  # one Pythia set per process, reseeded per chunk
         _WORKER_GENERATORS[key] = JpsiGenerator(channel, seed=seed, fsr=fsr)
     n = int(chunk.run.size)
     truth = _WORKER_GENERATORS[key].generate(n, chunk=chunk.index, beam=chunk.constants["Beam"])
     rng = np.random.default_rng(np.random.SeedSequence([seed, chunk.index, 1]))
-    reco = simulate_detector(truth, chunk.constants, rng)
+    constants = chunk.constants
+    if not material:  # the tag's Material payload, switched off (what FSR alone gives)
+        constants = {**constants, "Material": {**constants["Material"], "enabled": False}}
+    reco = simulate_detector(truth, constants, rng)
+    truth = reco["truth"]  # with the secondaries made in the beam pipe and the MDC
     events = {
         "run": chunk.run,
         "event": chunk.event,
@@ -174,7 +178,7 @@ def _simulate_chunk(channel: str, seed: int, fsr: bool, chunk: _Chunk) -> Tables
     return {"events": events, "tracks": reco["tracks"], "showers": reco["showers"], "truth": truth_table}
 
 
-def _star(args: tuple[str, int, bool, _Chunk]) -> Tables:
+def _star(args: tuple[str, int, bool, bool, _Chunk]) -> Tables:
     return _simulate_chunk(*args)
 
 
@@ -190,7 +194,8 @@ def _check(channel: str, n_events: int, runs: Sequence[int]) -> tuple[int, int]:
 
 def iter_simulated(channel: str, n_events: int, runs: Sequence[int] = (-10000, -9001), seed: int = 0,
                    fsr: bool = True, store: Any = None, tag: str = SIM_TAG, workers: int = 1,
-                   chunk_events: int = _CHUNK_EVENTS) -> tuple[Iterator[Tables], dict[str, list[str]]]:
+                   chunk_events: int = _CHUNK_EVENTS, material: bool = True,
+                   ) -> tuple[Iterator[Tables], dict[str, list[str]]]:
     """Chunks of simulated events in event order, and the payloads used (``{type: [sha256, ...]}``).
 
     Args:
@@ -199,25 +204,28 @@ def iter_simulated(channel: str, n_events: int, runs: Sequence[int] = (-10000, -
         runs: ``(first, last)`` run range; negative for MC.
         seed: master seed; the same seed gives the same arrays (for any ``workers``).
         fsr: final-state radiation in decays.
+        material: the material effects of the tag's ``Material`` payload (bremsstrahlung, conversions, decays
+            in flight, hadronic interactions); ``False`` switches them off, e.g. to compare with FSR alone.
         store: a :class:`vbes.calibration.CalibrationStore`; ``None`` reads the simulation tag's YAML file
             (same constants, but the hashes are then not store hashes).
         tag: the global tag to resolve constants from.
         workers: processes to use.
         chunk_events: events per chunk (the unit of work and of determinism).
     """
-    jobs, used = _jobs(channel, n_events, runs, seed, fsr, store, tag, chunk_events)
+    jobs, used = _jobs(channel, n_events, runs, seed, fsr, store, tag, chunk_events, material)
     return _run(jobs, workers), used
 
 
 def _jobs(channel: str, n_events: int, runs: Sequence[int], seed: int, fsr: bool, store: Any, tag: str,
-          chunk_events: int = _CHUNK_EVENTS) -> tuple[list[tuple[str, int, bool, _Chunk]], dict[str, list[str]]]:
+          chunk_events: int = _CHUNK_EVENTS, material: bool = True,
+          ) -> tuple[list[tuple[str, int, bool, bool, _Chunk]], dict[str, list[str]]]:
     first_last = _check(channel, n_events, runs)
     resolver = _YamlConstants() if store is None else _StoreConstants(store, tag)
     chunks, used = _plan(n_events, first_last, resolver, tag, chunk_events)
-    return [(channel, seed, fsr, c) for c in chunks], used
+    return [(channel, seed, fsr, material, c) for c in chunks], used
 
 
-def _run(jobs: list[tuple[str, int, bool, _Chunk]], workers: int) -> Iterator[Tables]:
+def _run(jobs: list[tuple[str, int, bool, bool, _Chunk]], workers: int) -> Iterator[Tables]:
 
     def run_serial() -> Iterator[Tables]:
         for job in jobs:
@@ -237,19 +245,21 @@ def _concat_tables(parts: list[Tables]) -> Tables:
 
 
 def simulate(channel: str, n_events: int, runs: Sequence[int] = (-10000, -9001), seed: int = 0,
-             fsr: bool = True, store: Any = None, tag: str = SIM_TAG, workers: int = 1) -> Tables:
+             fsr: bool = True, store: Any = None, tag: str = SIM_TAG, workers: int = 1,
+             material: bool = True) -> Tables:
     """Simulate ``n_events`` of ``channel`` in memory; the four schema tables (see :func:`iter_simulated`)."""
-    chunks, _ = iter_simulated(channel, n_events, runs, seed, fsr, store, tag, workers)
+    chunks, _ = iter_simulated(channel, n_events, runs, seed, fsr, store, tag, workers, material=material)
     return _concat_tables(list(chunks))
 
 
 def generate_sample(channel: str, n_events: int, output: str | os.PathLike[str],
                     runs: Sequence[int] = (-10000, -9001), tag: str = SIM_TAG, seed: int = 0, store: Any = None,
-                    fsr: bool = True, workers: int = 1, progress: ProgressFn | None = None) -> Path:
+                    fsr: bool = True, workers: int = 1, progress: ProgressFn | None = None,
+                    material: bool = True) -> Path:
     """Simulate a sample and write it to ``output`` (an event file) with its provenance.
 
     Args:
-        channel, n_events, runs, tag, seed, fsr, workers: as :func:`iter_simulated`.
+        channel, n_events, runs, tag, seed, fsr, workers, material: as :func:`iter_simulated`.
         output: the event file to write (atomically: complete or absent).
         store: the calibration store; ``None`` opens the one configured in the settings.
         progress: wraps the iterator of chunks (progress bar); called as ``progress(chunks, n_chunks)``.
@@ -266,7 +276,7 @@ def generate_sample(channel: str, n_events: int, output: str | os.PathLike[str],
 
         store = CalibrationStore.from_settings(load_settings())
     try:
-        jobs, used = _jobs(channel, n_events, runs, seed, fsr, store, tag)
+        jobs, used = _jobs(channel, n_events, runs, seed, fsr, store, tag, material=material)
         import vbes
 
         provenance = {
@@ -275,6 +285,7 @@ def generate_sample(channel: str, n_events: int, output: str | os.PathLike[str],
             "channel": channel,
             "seed": int(seed),
             "fsr": bool(fsr),
+            "material": bool(material),
             "runs": [int(runs[0]), int(runs[1])],
             "detector_model": DETECTOR_MODEL,
             "detector_model_version": DETECTOR_MODEL_VERSION,
