@@ -5,7 +5,7 @@ Public API::
     from vbes.datasets import EventWriter, read_events, iter_events, file_info, content_digest
     from vbes.datasets import EventDataset, EventDataModule          # PyTorch / Lightning (imports torch)
     from vbes.datasets import ingest_besiii_dst, ingest_root, export_root   # uproot, pybes3
-    from vbes.datasets import simulate, generate_sample, demo_samples     # Pythia 8 + detector response
+    from vbes.datasets import simulate, generate_sample     # Pythia 8 + detector response
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from vbes.datasets.eventfile import (
 
 if TYPE_CHECKING:  # the lazy names of _LAZY, seen by type checkers without importing torch or uproot at run time
     from vbes.datasets.ingest import export_root, ingest_besiii_dst, ingest_root
-    from vbes.datasets.simulation import demo_samples, generate_sample, simulate
+    from vbes.datasets.simulation import generate_sample, simulate
     from vbes.datasets.torchdata import EventDataModule, EventDataset
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "export_root",
     "simulate",
     "generate_sample",
-    "demo_samples",
 ]
 
 _LAZY = {
@@ -56,7 +55,6 @@ _LAZY = {
     "export_root": "vbes.datasets.ingest",
     "simulate": "vbes.datasets.simulation",
     "generate_sample": "vbes.datasets.simulation",
-    "demo_samples": "vbes.datasets.simulation",
 }
 
 

@@ -33,7 +33,6 @@ __all__ = [
     "DETECTOR_MODEL_VERSION",
     "SIM_TAG",
     "assign_runs",
-    "demo_samples",
     "generate_sample",
     "iter_simulated",
     "parse_runs",
@@ -302,22 +301,3 @@ def generate_sample(channel: str, n_events: int, output: str | os.PathLike[str],
     finally:
         if own_store:
             store.close()
-
-
-def demo_samples(settings: Any, n_events: int = 2000, runs: tuple[int, int] = (-10000, -9001),
-                 echo: Callable[[str], None] = print) -> list[Path]:
-    """Generate a small sample of every channel under ``settings.data_dir`` (``vbes demo``'s step).
-
-    The calibration store of ``settings`` must hold the simulation tag (``vbes calib init``).
-    """
-    from vbes.calibration import CalibrationStore
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    with CalibrationStore.from_settings(settings) as store:
-        for i, channel in enumerate(GENERATOR_CHANNELS):
-            path = generate_sample(channel, n_events, settings.data_dir / f"jpsi-{channel}.h5", runs=runs,
-                                   seed=i, store=store)
-            echo(f"   {channel:9s} {n_events} events, runs {runs[0]}..{runs[1]} -> {path}")
-            paths.append(path)
-    return paths

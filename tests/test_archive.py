@@ -14,7 +14,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from vbes.archive import Archive, checksum_file, demo_step, parse_name
+from vbes.archive import Archive, checksum_file, parse_name
+from vbes.demo import archive_step
 from vbes.archive.checksums import ChecksumStream, checksum_chunks, read_chunks
 
 from vbes.errors import ChecksumMismatch, DatasetClosed, FileLost, InvalidName, NameConflict, NotFound
@@ -325,19 +326,19 @@ def test_demo_step_archives_given_files_and_audits(
         f = tmp_path / f"sample{i}.h5"
         f.write_bytes(os.urandom(1000 + i))
         files.append(f)
-    report = demo_step(settings, files=files, scope="demo")
+    report = archive_step(settings, files=files, scope="demo")
     out = capsys.readouterr().out
     assert report.exit_code == 0 and report.files_checked == 2
     assert "demo:sample0.h5" in out and "closed" in out and "audit" in out
-    again = demo_step(settings, files=files, scope="demo")  # re-running changes nothing
+    again = archive_step(settings, files=files, scope="demo")  # re-running changes nothing
     assert again.exit_code == 0 and "already archived" in capsys.readouterr().out
-    default = demo_step(settings)  # no files, no calibration tag yet: the calibration bookkeeping table
+    default = archive_step(settings)  # no files, no calibration tag yet: the calibration bookkeeping table
     assert default.exit_code == 0
     from vbes.calibration import DEFAULT_TAG, CalibrationStore
 
     with CalibrationStore.from_settings(settings) as store:
         store.init_defaults()
-    assert demo_step(settings).exit_code == 0  # now the default tag's snapshot
+    assert archive_step(settings).exit_code == 0  # now the default tag's snapshot
     with Archive.from_settings(settings) as archive:
         names = [n for n, _ in archive.ls("demo")]
         snapshot = archive.info(f"demo:calibration/{DEFAULT_TAG}.tar")

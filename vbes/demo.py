@@ -1,33 +1,173 @@
 """``vbes demo``: the main job on embedded defaults, from an empty home folder to every component's output.
 
 Each step is a function taking the settings and the state earlier steps left (files they made), and printing
-what it did; later components add their step to :data:`STEPS`.
+what it did; the steps compose the components' public APIs, and no component knows of the demo.
 """
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from vbes.cli import settings_from_context
 from vbes.settings import Settings
 
-__all__ = ["demo", "STEPS"]
+if TYPE_CHECKING:
+    from vbes.archive import AuditReport
+
+__all__ = ["demo", "STEPS", "archive_step", "calibration_step", "reference_samples"]
+
+
+def calibration_step(settings: Settings) -> None:
+    """The calibration step: run ``calib init`` on the configured store and show what it holds."""
+    from vbes.calibration import DEFAULT_TAG, CalibrationStore
+    from vbes.errors import PayloadNotFound
+
+    with CalibrationStore.from_settings(settings) as store:
+        click.echo(f"   store {store.engine.url.render_as_string(hide_password=True)}")
+        report = store.init_defaults()
+        click.echo(f"   {report.table.summary()}")
+        for refused in report.table.refused:
+            click.echo(f"     refused {refused}")
+        for line in report.lines()[1:]:
+            click.echo(f"   {line}")
+        for tag in store.list_tags():
+            info = store.tag_info(tag["name"])
+            types = ", ".join(f"{t} {v['iovs']}" for t, v in info["payload_types"].items())
+            click.echo(f"   tag {tag['name']} [{tag['state']}, BOSS {tag['boss_release']}] {tag['iovs']} IoVs: "
+                       f"{types}")
+        for payload_type, run in (("EsTime", 10000), ("EsTime", 11000), ("EsToF", -10000)):
+            try:
+                p = store.get(DEFAULT_TAG, payload_type, run)
+                answer = f"SerNo {p.metadata['serno']} (StVer {p.metadata['stver']}, sha256 {p.sha256[:12]})"
+            except PayloadNotFound as exc:  # a gap is a gap: part of what the demo shows
+                answer = f"gap: {exc}"
+            click.echo(f"   get {DEFAULT_TAG} {payload_type} run {run}: {answer}")
+
+
+def reference_samples(settings: Settings, n_events: int = 2000, runs: tuple[int, int] = (-10000, -9001),
+                      echo: Callable[[str], None] = print) -> list[Path]:
+    """Generate a small sample of every channel under ``settings.data_dir``.
+
+    The calibration store of ``settings`` must hold the simulation tag (``vbes calib init``).
+    """
+    from vbes.calibration import CalibrationStore
+    from vbes.datasets import generate_sample
+    from vbes.datasets.generator import GENERATOR_CHANNELS
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with CalibrationStore.from_settings(settings) as store:
+        for i, channel in enumerate(GENERATOR_CHANNELS):
+            path = generate_sample(channel, n_events, settings.data_dir / f"jpsi-{channel}.h5", runs=runs,
+                                   seed=i, store=store)
+            echo(f"   {channel:9s} {n_events} events, runs {runs[0]}..{runs[1]} -> {path}")
+            paths.append(path)
+    return paths
+
+
+def _calibration_snapshot(settings: Settings, folder: Path, scope: str) -> list[tuple[Path, str, dict[str, Any]]]:
+    """The default tag's snapshot from the configured calibration store, or (before ``calib init`` ran) the
+    calibration bookkeeping table shipped with vbes.calibration."""
+    from vbes.calibration import DEFAULT_TAG, CalibrationStore, export_snapshot
+
+    from vbes.errors import TagNotFound
+
+    with CalibrationStore.from_settings(settings) as store:
+        try:
+            summary = export_snapshot(store, DEFAULT_TAG, folder / f"{DEFAULT_TAG}.tar")
+        except TagNotFound:
+            summary = None
+    if summary is not None:
+        meta = {
+            "kind": "calibration snapshot",
+            "calibration_tag": DEFAULT_TAG,
+            "tag_state": summary["state"],
+            "manifest_sha256": summary["manifest_sha256"],
+            "provenance": "vbes demo: vbes.calibration.export_snapshot",
+        }
+        return [(Path(summary["file"]), f"{scope}:calibration/{DEFAULT_TAG}.tar", meta)]
+    click.echo(
+        f"   (no tag {DEFAULT_TAG} in the calibration store yet: archiving the bookkeeping table instead)"
+    )
+    with resources.as_file(resources.files("vbes.calibration") / "data") as data:
+        tables = sorted(p for p in Path(data).iterdir() if p.is_file())
+    meta = {"kind": "calibration bookkeeping table", "provenance": "vbes.calibration package data"}
+    return [(t, f"{scope}:calibration/{t.name}", meta) for t in tables]
+
+
+def archive_step(
+    settings: Settings,
+    files: Sequence[str | Path] | None = None,
+    scope: str = "demo",
+    dataset: str | None = None,
+) -> AuditReport:
+    """The archive step: archive ``files`` (default: the calibration snapshot), audit, report.
+
+    Each given file is named ``scope:<file name>`` (``scope:<sha256 prefix>/<file name>`` if that name already
+    holds other content, e.g. from an earlier demo run) and collected in a dataset (default
+    ``scope:files-<digest of the members>``, so re-running with the same files is a no-op) that is closed.
+
+    Args:
+        settings: :class:`vbes.settings.Settings` (catalog URL and tiers).
+        files: local files to archive; default the default tag's calibration snapshot.
+        scope: scope of the logical names.
+        dataset: name of the dataset to record them in.
+    """
+    from vbes.archive import Archive, PutResult, checksum_file, parse_name
+    from vbes.errors import NameConflict
+
+    settings.ensure_home()
+    with Archive.from_settings(settings) as archive, tempfile.TemporaryDirectory() as scratch:
+        tiers = ", ".join(f"{t.name}={t.url}" for t in archive.tiers.values())
+        click.echo(f"   catalog {archive.catalog.safe_url}; tiers {tiers}")
+        if files is None:
+            items = _calibration_snapshot(settings, Path(scratch), scope)
+        else:
+            items = [(Path(f), f"{scope}:{Path(f).name}", {"provenance": "vbes demo"}) for f in files]
+        results: list[PutResult] = []
+        for path, name, meta in items:
+            try:
+                result = archive.put(path, name, metadata=meta)
+            except NameConflict:
+                lname = parse_name(name)
+                prefix = checksum_file(path).sha256[:12]
+                result = archive.put(path, f"{lname.scope}:{prefix}/{lname.name}", metadata=meta)
+            results.append(result)
+            state = "archived" if result.created else "already archived"
+            replicas = ", ".join(f"{r.tier}={r.state}" for r in result.record.replicas)
+            click.echo(
+                f"   {state:16s} {result.name}  {result.size} B  md5={result.record.md5}  "
+                f"adler32={result.record.adler32}  sha256={result.sha256[:16]}…  replicas: {replicas}"
+            )
+        digest = hashlib.sha256(
+            "\n".join(sorted(f"{r.name} {r.sha256}" for r in results)).encode()
+        ).hexdigest()
+        did = dataset or f"{scope}:files-{digest[:12]}"
+        archive.create_dataset(did, {"created_by": "vbes demo"}, exist_ok=True)
+        archive.add_to_dataset(did, [r.name for r in results])
+        closed = archive.close_dataset(did)
+        click.echo(f"   dataset {closed.did}: {len(closed.members)} files, {closed.state}")
+        report = archive.audit()
+        click.echo(f"   audit: {report.summary()} -> {'OK' if report.exit_code == 0 else 'PROBLEMS'}")
+        for item in report.lost:
+            click.echo(f"   LOST: {', '.join(item['names'])} sha256={item['sha256']}: no available replica")
+        return report
 
 
 def _step_calibration(settings: Settings, state: dict[str, Any]) -> None:
-    from vbes.calibration import demo_step
-
-    demo_step(settings)
+    calibration_step(settings)
 
 
 def _step_generate(settings: Settings, state: dict[str, Any]) -> None:
-    from vbes.datasets import demo_samples
-
-    state["samples"] = demo_samples(settings, echo=click.echo)
+    state["samples"] = reference_samples(settings, echo=click.echo)
     # two independent samples of one channel (other seeds) for the evaluation step
     from vbes.calibration import CalibrationStore
     from vbes.datasets import generate_sample
@@ -43,10 +183,8 @@ def _step_generate(settings: Settings, state: dict[str, Any]) -> None:
 
 
 def _step_archive(settings: Settings, state: dict[str, Any]) -> None:
-    from vbes.archive import demo_step
-
     files = list(state.get("samples", [])) + list(state.get("evaluation_pair", []))
-    demo_step(settings, files=files, scope="demo")
+    archive_step(settings, files=files, scope="demo")
 
 
 def _step_evaluate(settings: Settings, state: dict[str, Any]) -> None:
