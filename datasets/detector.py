@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 from vbes.datasets.emcfields import shower_dst_fields
-from vbes.datasets.mdc import HitPattern, hit_pattern, smear_helix
+from vbes.datasets.mdc import HitPattern, finding_probability, hit_pattern, smear_helix
 from vbes.datasets.schema import HYPOTHESIS_MASSES, mdc_layer_span, pack_symmetric, to_field_unit
 
 __all__ = [
@@ -470,7 +470,7 @@ def simulate_detector(truth: Mapping[str, np.ndarray], constants: Constants,
     hits = hit_pattern(_charge_and_hypothesis(truth["pdg"][cand])[0], truth["px"][cand], truth["py"][cand],
                        truth["pz"][cand], truth["vx"][cand], truth["vy"][cand], truth["vz"][cand], mdc, rng)
     # pattern recognition needs enough hits: displaced, steep and curling tracks run out of layers
-    found = hits["n_hits"] >= int(mdc["min_hits"])
+    found = rng.random(cand.size) < finding_probability(hits, mdc)
     sel = cand[found]
     tracks = _tracks(truth, sel, HitPattern({k: v[found] for k, v in hits.items()}), constants, rng)
     tracks["muc_depth"] = _muc_depth(truth["pdg"][sel], p[sel], cos_theta[sel], constants["Muc"], rng)

@@ -9,9 +9,10 @@ Vectorised over tracks (NumPy; the 43 layers are one array axis). The constants 
   half-length (a steep track leaves through the endplate; a soft one curls back before the outer layers; a
   K_S daughter born at radius R never sees the layers inside R). Each crossed layer gives a hit with the hit
   efficiency.
-* **Finding.** A track is found when it has at least ``min_hits`` hits (and passes the low-pT turn-on), so the
-  efficiency falls with the production radius as the layers beyond it run out, and with |cosθ| as the endplate
-  cuts the track short.
+* **Finding.** A track needs ``min_hits`` hits, ``min_stereo_hits`` of them on stereo layers (its z), and is
+  then found with a probability rising with the hits it has (``efficiency_hits_scale``), normalised to 1 for
+  a prompt track crossing every layer (the low-pT turn-on is applied before). So the efficiency falls with the
+  production radius as the layers beyond it run out, and with |cosθ| as the endplate cuts the track short.
 * **Resolution.** ``σ(κ)`` is the Gluckstern measurement term of the single-wire resolution over the lever arm
   of the hits actually made, ``σ_w / (0.3 B L²) · sqrt(720 / (N + 4))``, in quadrature with a multiple-scattering
   term ``∝ 1 / (β sqrt(L sinθ))`` whose size is fixed so that a 1 GeV/c track at 90° crossing all layers has
@@ -34,6 +35,7 @@ import numpy as np
 
 __all__ = [
     "HitPattern",
+    "finding_probability",
     "hit_pattern",
     "momentum_resolution_reference",
     "smear_helix",
@@ -46,7 +48,7 @@ _BLOCK = 32768
 
 
 class HitPattern(dict[str, np.ndarray]):
-    """Per track: ``n_hits``, ``first_layer``, ``last_layer`` (-1 without hits), ``lever_arm_cm``."""
+    """Per track: ``n_hits``, ``n_stereo``, ``first_layer``, ``last_layer`` (-1 without hits), ``lever_arm_cm``."""
 
 
 def _gluckstern(n_hits: np.ndarray | float, lever_cm: np.ndarray | float, mdc: Mapping[str, Any]) -> Any:
@@ -93,7 +95,8 @@ def hit_pattern(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarr
     radii = np.asarray(mdc["layer_radius_cm"], float)
     half = np.asarray(mdc["layer_half_length_cm"], float)
     n = charge.size
-    out = HitPattern(n_hits=np.zeros(n, np.int16), first_layer=np.full(n, -1, np.int16),
+    stereo = np.asarray(mdc["layer_is_stereo"], bool)
+    out = HitPattern(n_hits=np.zeros(n, np.int16), n_stereo=np.zeros(n, np.int16), first_layer=np.full(n, -1, np.int16),
                      last_layer=np.full(n, -1, np.int16), lever_arm_cm=np.zeros(n))
     for lo in range(0, n, _BLOCK):
         s = slice(lo, min(lo + _BLOCK, n))
@@ -127,10 +130,20 @@ def hit_pattern(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarr
         first = np.where(n_hits > 0, np.argmax(hits, axis=1), -1)
         last = np.where(n_hits > 0, radii.size - 1 - np.argmax(hits[:, ::-1], axis=1), -1)
         out["n_hits"][s] = n_hits
+        out["n_stereo"][s] = hits[:, stereo].sum(axis=1)
         out["first_layer"][s] = first
         out["last_layer"][s] = last
         out["lever_arm_cm"][s] = np.where(n_hits > 1, radii[np.maximum(last, 0)] - radii[np.maximum(first, 0)], 0.0)
     return out
+
+
+def finding_probability(hits: HitPattern, mdc: Mapping[str, Any]) -> np.ndarray:
+    """Probability that pattern recognition finds each track, from its hits (1 for a prompt track with all)."""
+    n_min, scale = float(mdc["min_hits"]), float(mdc["efficiency_hits_scale"])
+    n_ref, _ = _reference(mdc)
+    rise = (1.0 - np.exp(-(hits["n_hits"] - n_min) / scale)) / (1.0 - np.exp(-(n_ref - n_min) / scale))
+    enough = (hits["n_hits"] >= n_min) & (hits["n_stereo"] >= int(mdc["min_stereo_hits"]))
+    return np.where(enough, np.clip(rise, 0.0, 1.0), 0.0)
 
 
 def _quad(*terms: np.ndarray | float) -> np.ndarray:
