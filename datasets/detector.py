@@ -1,7 +1,7 @@
 """A BESIII-like detector response, vectorised over whole batches of truth particles (NumPy, no Python loops).
 
 Every number comes from the calibration payloads handed in (``constants[type][name]``, see
-``calibration/data/boss-6.6.4-sim.yaml``, which says for each constant whether it is published — NIM A 614
+``calibration/data/boss-6.6.4-sim-2.yaml``, which says for each constant whether it is published — NIM A 614
 (2010) 345 via MISSION.md — or synthetic). The model:
 
 * **MDC** (``Mdc``, :mod:`vbes.datasets.mdc`): acceptance |cosθ| < 0.93 and a low-pT turn-on; the hits each

@@ -321,7 +321,8 @@ _RESTATED_V3: dict[tuple[str, str], dict[str, str]] = {
 def _restate(table: str, f: Field) -> Field:
     from dataclasses import replace
 
-    return replace(f, **_RESTATED_V3.get((table, f.name), {}))
+    new = _RESTATED_V3.get((table, f.name), {})
+    return replace(f, unit=new.get("unit", f.unit), description=new.get("description", f.description))
 
 
 #: the current layout (schema version 3)
