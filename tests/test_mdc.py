@@ -81,6 +81,12 @@ def test_resolution_worsens_at_large_cos_theta_as_the_chamber_is_shorter() -> No
     tr = _tracks(_gun(13, 1.5, cos_theta, 5000, np.random.default_rng(33)), 33)
     assert abs(int(np.median(tr["mdc_last_layer"])) - expected_last) <= 1
     assert np.median(tr["mdc_first_layer"]) == 0
+    # near the acceptance edge (|cosθ| 0.93) fewer layers are left: fewer tracks are found than at 90°
+    edge = _tracks(_gun(13, 1.0, 0.925, 5000, np.random.default_rng(39)), 39)["p"].size / 5000
+    central = _tracks(_gun(13, 1.0, 0.0, 5000, np.random.default_rng(39)), 39)["p"].size / 5000
+    last_at_edge = int(np.flatnonzero(half >= radius * 0.925 / np.sqrt(1 - 0.925**2)).max())
+    print(f"efficiency at |cos theta| 0.925: {edge:.3f} ({last_at_edge + 1} layers), at 0: {central:.3f}")
+    assert last_at_edge < 30 and edge < central - 0.1
     ratio = _pt_resolution(13, 1.0, cos_theta, M_MU, 34) / _pt_resolution(13, 1.0, 0.0, M_MU, 35)
     lever_loss = ((radius[-1] - radius[0]) / (radius[expected_last] - radius[0])) ** 2
     print(f"sigma(pT)/pT at |cos theta| 0.9 / at 0: {ratio:.2f} (lever arm alone: {lever_loss:.2f} on the "
@@ -192,3 +198,27 @@ def test_displaced_helix_keeps_its_true_dr() -> None:
     truth = _gun(13, 1.5, rng.uniform(-0.5, 0.5, n), n, rng, vertex=vertex)
     helix = true_helix(-np.ones(n), truth["px"], truth["py"], truth["pz"], truth["vx"], truth["vy"], truth["vz"], 1.0)
     assert np.allclose(helix[:, 0], 0.3 * np.cos(helix[:, 1]) - 0.2 * np.sin(helix[:, 1]), atol=2e-4)
+
+
+def test_pythia_ks_daughters_are_found_less_often_than_prompt_pions() -> None:
+    """In generated J/ψ → K_S K π, π± from K_S decays beyond 20 cm are found less often than the prompt π±."""
+    from vbes.datasets.simulation import simulate
+
+    t = simulate("kskpi", 10000, runs=(-9989, -9989), seed=45)
+    truth, ev = t["truth"], t["events"]
+    first = np.concatenate([[0], np.cumsum(ev["n_truth"])])[:-1]
+    found = np.zeros(truth["pdg"].size, bool)
+    found[first[np.repeat(np.arange(ev["run"].size), ev["n_tracks"])] + t["tracks"]["truth_index"]] = True
+    owner = np.repeat(np.arange(ev["run"].size), ev["n_truth"])
+    mother_pdg = np.where(truth["mother"] >= 0, truth["pdg"][first[owner] + np.maximum(truth["mother"], 0)], 0)
+    pt = np.hypot(truth["px"], truth["py"])
+    cos = truth["pz"] / np.sqrt(pt**2 + truth["pz"] ** 2)
+    pion = (np.abs(truth["pdg"]) == 211) & (truth["final"] == 1) & (np.abs(cos) < 0.8) & (pt > 0.15)
+    radius = np.hypot(truth["vx"], truth["vy"])
+    from_ks = pion & (mother_pdg == 310)
+    prompt, far = pion & (radius < 1.0), from_ks & (radius > 20.0)
+    print(f"found: prompt pions {found[prompt].mean():.3f}, K_S daughters beyond 20 cm {found[far].mean():.3f} "
+          f"({far.sum()} of them)")
+    assert far.sum() > 100
+    eff_far = found[far].mean()
+    assert eff_far < found[prompt].mean() - 3 * np.sqrt(eff_far * (1 - eff_far) / far.sum())
