@@ -43,6 +43,9 @@ from typing import Any
 import numpy as np
 from vbes.datasets.emcfields import shower_dst_fields
 from vbes.datasets.mdc import HitPattern, finding_probability, hit_pattern, smear_helix
+from vbes.datasets.numeric import CM_PER_GEV_TESLA
+from vbes.datasets.numeric import quadrature as _quad
+from vbes.datasets.numeric import wrap_angle as _wrap
 from vbes.datasets.schema import HYPOTHESIS_MASSES, mdc_layer_span, pack_symmetric, to_field_unit
 
 __all__ = [
@@ -60,8 +63,6 @@ __all__ = [
 
 #: speed of light, cm/ns
 C_CM_PER_NS = 29.9792458
-#: radius of curvature in cm of a track of pT = 1 GeV/c in 1 T
-CM_PER_GEV_TESLA = 100.0 / 0.299792458
 #: payload types the detector model reads
 REQUIRED_PAYLOAD_TYPES = ("Beam", "Mdc", "Dedx", "Tof", "Emc", "Muc")
 #: the simulation tag's payload file (package data of vbes.calibration)
@@ -90,14 +91,6 @@ def default_constants(run: int = -9989) -> dict[str, dict[str, Any]]:
         if payload["first"] <= run <= payload["last"] and payload["type"] in REQUIRED_PAYLOAD_TYPES:
             out[payload["type"]] = payload["constants"]
     return out
-
-
-def _quad(*terms: np.ndarray | float) -> np.ndarray:
-    return np.sqrt(sum(np.square(t) for t in terms))
-
-
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
 def true_helix(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, vx: np.ndarray,

@@ -22,6 +22,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+from vbes.datasets.numeric import same_event_pairs
 
 __all__ = ["emc_cell_id", "shower_dst_fields"]
 
@@ -81,13 +82,7 @@ def _split_cluster(event: np.ndarray, xyz: np.ndarray, energy: np.ndarray, dista
     out = np.zeros(energy.size, bool)
     if hot.size < 2:
         return out
-    ev = event[hot]
-    order = np.argsort(ev, kind="stable")
-    hot, ev = hot[order], ev[order]
-    starts = np.searchsorted(ev, ev, side="left")
-    counts = np.searchsorted(ev, ev, side="right") - starts
-    a = np.repeat(np.arange(hot.size), counts)
-    b = np.repeat(starts, counts) + (np.arange(a.size) - np.repeat(np.cumsum(counts) - counts, counts))
+    a, b = same_event_pairs(event[hot], event[hot])
     pair = a != b
     a, b = a[pair], b[pair]
     close = np.linalg.norm(xyz[hot[a]] - xyz[hot[b]], axis=1) < distance

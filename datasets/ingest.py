@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vbes.datasets.eventfile import EventWriter, _one_line, file_info, iter_events
+from vbes.datasets.numeric import same_event_pairs as _same_event_pairs
 from vbes.datasets.schema import (
     COUNT_FIELD,
     OBJECT_TABLES,
@@ -183,16 +184,6 @@ def _tof_best(tof: _Flat) -> tuple[np.ndarray, np.ndarray]:
     )
     good = (priority > 0) & (tof["m_tof"] > 0)
     return priority, good
-
-
-def _same_event_pairs(owner_a: np.ndarray, owner_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every (a, b) index pair with ``owner_a[a] == owner_b[b]`` (objects of the same event), vectorised."""
-    order_b = np.argsort(owner_b, kind="stable")
-    first = np.searchsorted(owner_b[order_b], owner_a, side="left")
-    n_pairs = np.searchsorted(owner_b[order_b], owner_a, side="right") - first
-    a_idx = np.repeat(np.arange(len(owner_a)), n_pairs)
-    offset_in_range = np.arange(int(n_pairs.sum())) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
-    return a_idx, order_b[np.repeat(first, n_pairs) + offset_in_range]
 
 
 def _nearest(

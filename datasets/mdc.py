@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from vbes.datasets.numeric import CM_PER_GEV_TESLA, wrap_angle
+from vbes.datasets.numeric import quadrature as _quad
 
 __all__ = [
     "HitPattern",
@@ -41,8 +43,6 @@ __all__ = [
     "smear_helix",
 ]
 
-#: radius of curvature in cm of a track of pT = 1 GeV/c in 1 T
-_CM_PER_GEV_TESLA = 100.0 / 0.299792458
 #: tracks processed at once (bounds the (tracks x layers) temporaries)
 _BLOCK = 32768
 
@@ -102,7 +102,7 @@ def hit_pattern(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarr
         s = slice(lo, min(lo + _BLOCK, n))
         q, x0, y0, z0 = charge[s], vx[s].astype(float), vy[s].astype(float), vz[s].astype(float)
         pt = np.maximum(np.hypot(px[s], py[s]), 1e-9)
-        radius = _CM_PER_GEV_TESLA * pt / float(mdc["bfield_t"])
+        radius = CM_PER_GEV_TESLA * pt / float(mdc["bfield_t"])
         ux, uy = px[s] / pt, py[s] / pt
         cx, cy = x0 + q * radius * uy, y0 - q * radius * ux
         d_c = np.maximum(np.hypot(cx, cy), 1e-9)
@@ -144,10 +144,6 @@ def finding_probability(hits: HitPattern, mdc: Mapping[str, Any]) -> np.ndarray:
     rise = (1.0 - np.exp(-(hits["n_hits"] - n_min) / scale)) / (1.0 - np.exp(-(n_ref - n_min) / scale))
     enough = (hits["n_hits"] >= n_min) & (hits["n_stereo"] >= int(mdc["min_stereo_hits"]))
     return np.where(enough, np.clip(rise, 0.0, 1.0), 0.0)
-
-
-def _quad(*terms: np.ndarray | float) -> np.ndarray:
-    return np.sqrt(sum(np.square(t) for t in terms))
 
 
 def smear_helix(helix_true: np.ndarray, p_true: np.ndarray, beta: np.ndarray, hits: HitPattern,
@@ -196,7 +192,7 @@ def smear_helix(helix_true: np.ndarray, p_true: np.ndarray, beta: np.ndarray, hi
     helix[:, 2] += s_kappa * z[:, 2]
     helix[:, 3] += s_dz * z[:, 3]
     helix[:, 4] += s_tanl * (r2 * z[:, 3] + np.sqrt(1 - r2 * r2) * z[:, 4])
-    helix[:, 1] = (helix[:, 1] + np.pi) % (2 * np.pi) - np.pi
+    helix[:, 1] = wrap_angle(helix[:, 1])
     cov = np.zeros((n, 5, 5))
     cov[:, 0, 0], cov[:, 1, 1], cov[:, 2, 2] = s_dr**2, s_phi**2, s_kappa**2
     cov[:, 3, 3], cov[:, 4, 4] = s_dz**2, s_tanl**2
