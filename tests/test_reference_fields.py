@@ -84,7 +84,7 @@ FIELDS: list[tuple[str, Callable[[Tables], np.ndarray], float | None, str]] = [
     ("tracks.dedx_ph (pions)", lambda t: t["tracks"]["dedx_ph"][_pions(t)], 22.0, ""),
     ("tracks.dedx_nhits", lambda t: t["tracks"]["dedx_nhits"].astype(float), 3.0, ""),
     ("tracks.chi_dedx pi (pions)", lambda t: t["tracks"]["chi_dedx"][_pions(t), 2], 0.6, ""),
-    ("tracks.chi_dedx e (pions)", lambda t: t["tracks"]["chi_dedx"][_pions(t), 0], 1.0, ""),
+    ("tracks.chi_dedx e (pions)", lambda t: t["tracks"]["chi_dedx"][_pions(t), 0], 0.5, ""),
     ("tracks.tof", lambda t: t["tracks"]["tof"][_has_tof(t)], 0.4, ""),
     ("tracks.tof_path", lambda t: t["tracks"]["tof_path"][_has_tof(t)], 10.0, ""),
     ("tracks.chi_tof pi", lambda t: t["tracks"]["chi_tof"][_has_tof(t), 2], 1.0, ""),
