@@ -179,7 +179,6 @@ def _tracks(truth: Mapping[str, np.ndarray], sel: np.ndarray, hits: HitPattern, 
     charge, hypo = _charge_and_hypothesis(truth["pdg"][sel])
     px, py, pz = truth["px"][sel], truth["py"][sel], truth["pz"][sel]
     p_true = np.sqrt(px**2 + py**2 + pz**2)
-    pt_true = np.hypot(px, py)
     beta_true = p_true / np.sqrt(p_true**2 + _MASSES[hypo] ** 2)
     bfield = float(mdc["bfield_t"])
 

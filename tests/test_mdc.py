@@ -121,10 +121,10 @@ def _ks_daughters(radius_cm: float, n: int, rng: np.random.Generator) -> dict[st
     daughters = []
     for sign in (1, -1):
         p_star = sign * q * u
-        along = p_star @ np.eye(3) * 1.0
-        par = np.einsum("ij,ij->i", along, direction)
+        par = np.einsum("ij,ij->i", p_star, direction)
         e_star = np.hypot(q, M_PI)
-        p_lab = along + ((gamma - 1) * par + gamma * beta * e_star)[:, None] * direction
+        # boost along the K_S direction: p_lab = p* + ((γ - 1) p*_par + γ β E*) n
+        p_lab = p_star + ((gamma - 1) * par + gamma * beta * e_star)[:, None] * direction
         daughters.append(p_lab)
     rows = 3 * n
     out = {k: np.zeros(rows) for k in ("px", "py", "pz", "e", "vx", "vy", "vz")}
