@@ -82,7 +82,8 @@ def momentum_resolution_reference(mdc: Mapping[str, Any]) -> tuple[float, float]
 
 
 def hit_pattern(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, vx: np.ndarray,
-                vy: np.ndarray, vz: np.ndarray, mdc: Mapping[str, Any], rng: np.random.Generator) -> HitPattern:
+                vy: np.ndarray, vz: np.ndarray, mdc: Mapping[str, Any], rng: np.random.Generator,
+                end_radius: np.ndarray | None = None) -> HitPattern:
     """The MDC layers each particle crosses and the hits it leaves there.
 
     Args:
@@ -91,6 +92,8 @@ def hit_pattern(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarr
         vx, vy, vz: production point, cm.
         mdc: the ``Mdc`` payload's constants.
         rng: random stream.
+        end_radius: transverse radius (cm) where each particle ends (a decay or interaction in flight); the
+            layers beyond it get no hits. ``None``: every particle flies on.
     """
     radii = np.asarray(mdc["layer_radius_cm"], float)
     half = np.asarray(mdc["layer_half_length_cm"], float)
@@ -122,6 +125,8 @@ def hit_pattern(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarr
         # arc from the production point to each layer: straight out, or in through the closest approach first
         arc = rad32 * np.where(outward, psi - psi0, np.where(beyond, psi + psi0, psi0 - psi))
         reached = (radii32 <= d32 + rad32) & (radii32 >= np.abs(d32 - rad32)) & (beyond | ~outward)
+        if end_radius is not None:
+            reached &= radii32 <= end_radius[s].astype(np.float32)[:, None]
         z = z0.astype(np.float32)[:, None] + arc * (pz[s] / pt).astype(np.float32)[:, None]
         through_endplate = reached & (np.abs(z) >= half32)
         # once through an endplate the particle has left the chamber

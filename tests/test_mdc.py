@@ -222,3 +222,19 @@ def test_pythia_ks_daughters_are_found_less_often_than_prompt_pions() -> None:
     assert far.sum() > 100
     eff_far = found[far].mean()
     assert eff_far < found[prompt].mean() - 3 * np.sqrt(eff_far * (1 - eff_far) / far.sum())
+
+
+def test_a_particle_ending_in_flight_has_no_hits_beyond_its_end() -> None:
+    """A particle that decays or interacts at 30 cm leaves hits only on the layers inside 30 cm (pybes3 radii)."""
+    from vbes.datasets.mdc import hit_pattern
+
+    radius, _, _ = _mdc_geometry()
+    rng = np.random.default_rng(46)
+    truth = _gun(211, 1.0, 0.0, 2000, rng, mass=M_PI)
+    args = [np.ones(2000)] + [truth[k] for k in ("px", "py", "pz", "vx", "vy", "vz")]
+    mdc = default_constants(-9989)["Mdc"]
+    full = hit_pattern(*args, mdc, rng)
+    ended = hit_pattern(*args, mdc, rng, end_radius=np.full(2000, 30.0))
+    inside = int(np.sum(radius <= 30.0))
+    assert np.median(full["last_layer"]) == radius.size - 1
+    assert ended["last_layer"].max() == inside - 1 and ended["n_hits"].max() <= inside
