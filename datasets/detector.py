@@ -1,16 +1,16 @@
 """A BESIII-like detector response, vectorised over whole batches of truth particles (NumPy, no Python loops).
 
 Every number comes from the calibration payloads handed in (``constants[type][name]``, see
-``calibration/data/boss-6.6.4-sim.yaml``, which says for each constant whether it is published — NIM A 614
+``calibration/data/boss-6.6.4-sim-2.yaml``, which says for each constant whether it is published — NIM A 614
 (2010) 345 via MISSION.md — or synthetic). The model:
 
-* **MDC** (``Mdc``): acceptance |cosθ| < 0.93 and a minimum pT; efficiency rising with pT; the true helix
-  (dr, phi0, kappa, dz, tanl) about the origin computed exactly from the production vertex (displaced K_S/Λ
-  daughters get their real dr, dz); smearing with the per-track covariance
-  ``σ(κ)/κ = (a·pT) ⊕ (b/β)`` (0.5 % at 1 GeV/c) and MS-dominated ``σ(dr), σ(φ0), σ(dz), σ(tanλ)`` with
-  dr–φ0 and dz–tanλ correlations; the stored covariance is the one used to smear, so pulls are N(0, 1).
-* **dE/dx** (``Dedx``): a Bethe–Bloch shape with a Fermi plateau, normalised to 1 at minimum ionisation,
-  6 % resolution scaled by the number of hits; χ per hypothesis e, μ, π, K, p.
+* **MDC** (``Mdc``, :mod:`vbes.datasets.mdc`): acceptance |cosθ| < 0.93 and a low-pT turn-on; the hits each
+  particle leaves on BESIII's 43 layers from its production point (so steep, soft and displaced tracks have
+  fewer, and are found only with enough of them); the true helix (dr, phi0, kappa, dz, tanl) about the origin
+  computed exactly from the production vertex; a Kalman-like covariance per track (Gluckstern term of the
+  hits made ⊕ multiple scattering, 0.5 % at 1 GeV/c), a second wider Gaussian for a few tracks, the fit's χ².
+* **dE/dx** (``Dedx``): a Bethe–Bloch shape with a Fermi plateau, in BESIII's normPH (minimum ionisation at
+  the ``mip_norm_ph`` of the real DST), 6 % resolution scaled by the number of hits; χ per hypothesis.
 * **TOF** (``Tof``): barrel/endcap coverage, path length along the helix, resolution per period; χ per
   hypothesis; NaN without a hit.
 * **EMC** (``Emc``): photons and electrons shower with σE/E = a/√E ⊕ b and a low-side leakage tail,
@@ -18,7 +18,9 @@ Every number comes from the calibration payloads handed in (``constants[type][na
   their βγ in 28 cm of CsI (:func:`csi_mip_deposit`, Moyal-distributed); interacting hadrons a hadronic
   shower with split-offs; p̄/n̄ annihilate; noise showers per event; shower shapes per kind (crystals,
   E5x5/E, E3x3/E5x5, second and lateral moments, as BOSS stores them); a bremsstrahlung photon within a
-  crystal of its electron joins its shower; an energy scale per run period.
+  crystal of its electron joins its shower; an energy scale per run period; times in EMC TDC ticks (50 ns)
+  as the DST has them; the DST's errors, seed energy, Zernike moments, crystal id and status
+  (:mod:`vbes.datasets.emcfields`).
 * **MUC** (``Muc``): penetration depth of what reaches the iron (a decay-in-flight muon counts as a muon):
   muons range out and are matched with an efficiency; punch-through hadrons go on until their first nuclear
   interaction in the iron.
@@ -47,8 +49,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from vbes.datasets.emcfields import shower_dst_fields
 from vbes.datasets.material import propagate
-from vbes.datasets.schema import HYPOTHESIS_MASSES, pack_symmetric
+from vbes.datasets.mdc import HitPattern, finding_probability, hit_pattern, smear_helix
+from vbes.datasets.numeric import CM_PER_GEV_TESLA
+from vbes.datasets.numeric import quadrature as _quad
+from vbes.datasets.numeric import wrap_angle as _wrap
+from vbes.datasets.schema import HYPOTHESIS_MASSES, mdc_layer_span, pack_symmetric, to_field_unit
 
 __all__ = [
     "CM_PER_GEV_TESLA",
@@ -69,8 +76,6 @@ __all__ = [
 C_CM_PER_NS = 29.9792458
 _ELECTRON_MEV = 0.51099895
 _K_BETHE = 0.307075  # 4π N_A r_e² m_e c², MeV cm²/mol (PDG)
-#: radius of curvature in cm of a track of pT = 1 GeV/c in 1 T
-CM_PER_GEV_TESLA = 100.0 / 0.299792458
 #: payload types the detector model reads
 REQUIRED_PAYLOAD_TYPES = ("Beam", "Mdc", "Dedx", "Tof", "Emc", "Muc", "Material")
 #: the simulation tag's payload file (package data of vbes.calibration)
@@ -99,14 +104,6 @@ def default_constants(run: int = -9989) -> dict[str, dict[str, Any]]:
         if payload["first"] <= run <= payload["last"] and payload["type"] in REQUIRED_PAYLOAD_TYPES:
             out[payload["type"]] = payload["constants"]
     return out
-
-
-def _quad(*terms: np.ndarray | float) -> np.ndarray:
-    return np.sqrt(sum(np.square(t) for t in terms))
-
-
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
 def true_helix(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, vx: np.ndarray,
@@ -148,8 +145,10 @@ def helix_momentum_covariance(helix: np.ndarray, cov: np.ndarray) -> np.ndarray:
 
 
 def dedx_curve(betagamma: np.ndarray, dedx: Mapping[str, Any]) -> np.ndarray:
-    """Expected normalised dE/dx (1 at minimum ionisation) at ``betagamma``: Bethe–Bloch with a Fermi plateau."""
-    return _bethe(np.asarray(betagamma, float), float(dedx["bethe_k"]), float(dedx["plateau_betagamma"])) / \
+    """Expected dE/dx in BESIII's normPH at ``betagamma``: Bethe–Bloch with a Fermi plateau, ``mip_norm_ph`` at
+    minimum ionisation."""
+    return float(dedx["mip_norm_ph"]) * \
+        _bethe(np.asarray(betagamma, float), float(dedx["bethe_k"]), float(dedx["plateau_betagamma"])) / \
         _bethe_minimum(float(dedx["bethe_k"]), float(dedx["plateau_betagamma"]))
 
 
@@ -175,47 +174,31 @@ def _moyal(rng: np.random.Generator, n: int) -> np.ndarray:
     return -np.log(np.maximum(rng.standard_normal(n) ** 2, 1e-300))
 
 
-def _tracks(truth: Mapping[str, np.ndarray], sel: np.ndarray, c: Constants,
-            rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Reconstructed tracks of the final charged particles ``sel`` (truth row indices)."""
-    mdc, dedx_c, tof_c = c["Mdc"], c["Dedx"], c["Tof"]
-    pdg = truth["pdg"][sel]
+def _charge_and_hypothesis(pdg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Charge and hypothesis index (e, μ, π, K, p) of particles the MDC tracks (0 and 0 for others)."""
     apdg = np.abs(pdg)
-    charge = np.zeros(sel.size)
-    hypo = np.zeros(sel.size, np.int64)
+    charge = np.zeros(pdg.size)
+    hypo = np.zeros(pdg.size, np.int64)
     for code, (q, h) in _CHARGED.items():
         charge[apdg == code] = q
         hypo[apdg == code] = h
-    charge *= np.sign(pdg)
+    return charge * np.sign(pdg), hypo
+
+
+def _tracks(truth: Mapping[str, np.ndarray], sel: np.ndarray, hits: HitPattern, c: Constants,
+            rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Reconstructed tracks of the final charged particles ``sel`` (truth row indices) with their MDC hits."""
+    mdc, dedx_c, tof_c = c["Mdc"], c["Dedx"], c["Tof"]
+    charge, hypo = _charge_and_hypothesis(truth["pdg"][sel])
     px, py, pz = truth["px"][sel], truth["py"][sel], truth["pz"][sel]
     p_true = np.sqrt(px**2 + py**2 + pz**2)
-    pt_true = np.hypot(px, py)
     beta_true = p_true / np.sqrt(p_true**2 + _MASSES[hypo] ** 2)
     bfield = float(mdc["bfield_t"])
 
     helix_true = true_helix(charge, px, py, pz, truth["vx"][sel], truth["vy"][sel], truth["vz"][sel], bfield)
     n = sel.size
-    pbeta = p_true * beta_true
-    s_dr = _quad(mdc["sigma_dr_cm"][0], mdc["sigma_dr_cm"][1] / pbeta)
-    s_phi = _quad(mdc["sigma_phi0_rad"][0], mdc["sigma_phi0_rad"][1] / pbeta)
-    s_kappa = np.abs(helix_true[:, 2]) * _quad(mdc["sigma_pt_curvature_per_gev"] * pt_true,
-                                               mdc["sigma_pt_multiple_scattering"] / beta_true)
-    s_dz = _quad(mdc["sigma_dz_cm"][0], mdc["sigma_dz_cm"][1] / pbeta)
-    s_tanl = _quad(mdc["sigma_tanl"][0], mdc["sigma_tanl"][1] / pbeta) * (1.0 + helix_true[:, 4] ** 2)
-    r1, r2 = float(mdc["corr_dr_phi0"]), float(mdc["corr_dz_tanl"])
-    z = rng.standard_normal((n, 5))
-    helix = helix_true.copy()
-    helix[:, 0] += s_dr * z[:, 0]
-    helix[:, 1] += s_phi * (r1 * z[:, 0] + np.sqrt(1 - r1 * r1) * z[:, 1])
-    helix[:, 2] += s_kappa * z[:, 2]
-    helix[:, 3] += s_dz * z[:, 3]
-    helix[:, 4] += s_tanl * (r2 * z[:, 3] + np.sqrt(1 - r2 * r2) * z[:, 4])
-    helix[:, 1] = _wrap(helix[:, 1])
-    cov = np.zeros((n, 5, 5))
-    cov[:, 0, 0], cov[:, 1, 1], cov[:, 2, 2] = s_dr**2, s_phi**2, s_kappa**2
-    cov[:, 3, 3], cov[:, 4, 4] = s_dz**2, s_tanl**2
-    cov[:, 0, 1] = cov[:, 1, 0] = r1 * s_dr * s_phi
-    cov[:, 3, 4] = cov[:, 4, 3] = r2 * s_dz * s_tanl
+    fit = smear_helix(helix_true, p_true, beta_true, hits, mdc, rng)
+    helix, cov = fit["helix"], fit["cov"]
 
     mom = helix_momentum(helix)
     p = np.linalg.norm(mom, axis=1)
@@ -229,6 +212,11 @@ def _tracks(truth: Mapping[str, np.ndarray], sel: np.ndarray, c: Constants,
         "cos_theta": cos_theta,
         "phi": np.arctan2(mom[:, 1], mom[:, 0]),
         "mass_hypothesis": np.full(n, 2, np.int8),
+        "fit_chi2": fit["fit_chi2"],
+        "fit_ndof": fit["fit_ndof"],
+        "mdc_first_layer": hits["first_layer"],
+        "mdc_last_layer": hits["last_layer"],
+        "mdc_layers": mdc_layer_span(hits["first_layer"], hits["last_layer"]),
     }
 
     # dE/dx: measured from the true velocity, expectations from the measured momentum (as BOSS does)
@@ -239,6 +227,7 @@ def _tracks(truth: Mapping[str, np.ndarray], sel: np.ndarray, c: Constants,
     measured = dedx_curve(p_true / _MASSES[hypo], dedx_c) * (1.0 + sigma * rng.standard_normal(n))
     expected = dedx_curve(p[:, None] / _MASSES[None, :], dedx_c)
     out["dedx"] = measured
+    out["dedx_ph"] = to_field_unit(measured, "normPH", "tracks", "dedx_ph")
     out["dedx_nhits"] = nhits
     out["chi_dedx"] = (measured[:, None] - expected) / (sigma[:, None] * expected)
 
@@ -340,6 +329,13 @@ def _shower_shapes(kind: np.ndarray, energy: np.ndarray, shapes: Mapping[str, An
     lat = np.where(n_crystals <= 2, 0.0, rng.beta(par["lat_moment_beta"][:, 0], par["lat_moment_beta"][:, 1]))
     return {"n_crystals": np.minimum(n_crystals, 32000).astype(np.int16), "e3x3": e3x3, "e5x5": e5x5,
             "second_moment": second, "lat_moment": lat}
+
+
+def _tdc_time(t_ns: np.ndarray) -> np.ndarray:
+    """Shower times as the EMC TDC records them (whole ticks, not before the event start), in the schema's unit."""
+    tick_ns = float(to_field_unit(1.0, "EMC TDC tick", "showers", "time")) / \
+        float(to_field_unit(1.0, "ns", "showers", "time"))
+    return to_field_unit(np.maximum(np.round(t_ns / tick_ns), 0.0), "EMC TDC tick", "showers", "time")
 
 
 def _density_effect(betagamma: np.ndarray, d: Mapping[str, float]) -> np.ndarray:
@@ -507,7 +503,7 @@ def _showers(truth: Mapping[str, np.ndarray], brem_parent: np.ndarray, n_events:
         "z": all_z,
         "theta": np.arctan2(all_r, all_z),
         "phi": all_phi,
-        "time": np.where(all_kind == _KIND_NOISE, t_noise, t_phys),
+        "time": _tdc_time(np.where(all_kind == _KIND_NOISE, t_noise, t_phys)),
         "module": module,
         **_shower_shapes(all_kind, all_energy, emc["shapes"], rng),
         "event": all_event,
@@ -547,10 +543,15 @@ def simulate_detector(truth: Mapping[str, np.ndarray], constants: Constants,
     cos_theta = truth["pz"] / np.maximum(p, 1e-12)
     efficiency = mdc["efficiency_plateau"] * (1.0 - np.exp(-np.maximum(pt - mdc["pt_min_gev"], 0.0)
                                                            / mdc["efficiency_pt_scale_gev"]))
-    found = truth["final"].astype(bool) & np.isin(apdg, tuple(_CHARGED)) & \
+    candidate = truth["final"].astype(bool) & np.isin(apdg, tuple(_CHARGED)) & \
         (np.abs(cos_theta) < mdc["cos_theta_max"]) & (rng.random(p.size) < efficiency)
-    sel = np.flatnonzero(found)
-    tracks = _tracks(truth, sel, constants, rng)
+    cand = np.flatnonzero(candidate)
+    hits = hit_pattern(_charge_and_hypothesis(truth["pdg"][cand])[0], truth["px"][cand], truth["py"][cand],
+                       truth["pz"][cand], truth["vx"][cand], truth["vy"][cand], truth["vz"][cand], mdc, rng)
+    # pattern recognition needs enough hits: displaced, steep and curling tracks run out of layers
+    found = rng.random(cand.size) < finding_probability(hits, mdc)
+    sel = cand[found]
+    tracks = _tracks(truth, sel, HitPattern({k: v[found] for k, v in hits.items()}), constants, rng)
     # the muon counter sees what is left of the track there: a decay-in-flight muon, or the particle itself
     at_muc = seen.muc_row[sel]
     p_muc = np.sqrt(seen.truth["px"][at_muc] ** 2 + seen.truth["py"][at_muc] ** 2 + seen.truth["pz"][at_muc] ** 2)
@@ -571,6 +572,7 @@ def simulate_detector(truth: Mapping[str, np.ndarray], constants: Constants,
     tracks["emc_index"] = np.where(match >= 0, shower_pos[np.maximum(match, 0)], -1).astype(np.int32)
     tracks["emc_energy"] = np.where(match >= 0, showers["energy"][np.maximum(match, 0)], 0.0)
     showers["truth_index"] = np.where(src >= 0, truth_pos[np.maximum(src, 0)], -1).astype(np.int32)
+    showers.update(shower_dst_fields(showers, showers["event"], constants["Emc"], rng))
     for private in ("_hypo", "_charge_true"):
         tracks.pop(private)
     shower_event = showers.pop("event")

@@ -4,8 +4,10 @@
   charged tracks are the ``EvtRecTrack`` entries with a Kalman track (the pion-hypothesis fit ``zhelix`` about
   the pivot (0, 0, 0), in cm / rad / (GeV/c)^-1, with its 5x5 error matrix), their dE/dx (``normPH``, the five
   chi's), TOF (the best combined measurement: cluster > counter > single readout; chi = (t - t_exp)/sigma),
-  matched EMC shower and MUC depth; every EMC shower (time converted from TDC ticks of 50 ns); every MC
-  particle with truth matching (tracks by angle, showers by the end point of the particle).
+  matched EMC shower and MUC depth, the MdcTrack's first and last layer; every EMC shower; every MC particle
+  with truth matching (tracks by angle, showers by the end point of the particle). Values are converted from
+  the DST's units (:data:`DST_UNITS`: EMC times in TDC ticks, dE/dx in normPH) to the schema's with
+  :func:`vbes.datasets.schema.to_field_unit`, the same conversion the detector model writes through.
 * :func:`ingest_root` converts any TTree with a mapping file (YAML, see ``datasets/data/cms-zmumu.map.yaml``).
 * :func:`export_root` writes an event file as a ROOT TTree (jagged branches per object table) that
   :func:`ingest_root` reads back without a mapping file, value for value.
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vbes.datasets.eventfile import EventWriter, _one_line, check_output_path, file_info, iter_events
+from vbes.datasets.numeric import same_event_pairs as _same_event_pairs
 from vbes.datasets.schema import (
     COUNT_FIELD,
     OBJECT_TABLES,
@@ -38,7 +41,9 @@ from vbes.datasets.schema import (
     Tables,
     channel_code,
     helix_momentum,
+    mdc_layer_span,
     pack_symmetric,
+    to_field_unit,
 )
 from vbes.errors import InvalidInput, NotFound, SchemaError
 
@@ -50,7 +55,7 @@ __all__ = [
     "example_mapping_path",
     "TRACK_MATCH_MAX_ANGLE",
     "SHOWER_MATCH_MAX_DISTANCE",
-    "EMC_TDC_NS",
+    "DST_UNITS",
 ]
 
 T = TypeVar("T")
@@ -61,8 +66,13 @@ Progress = Callable[..., Iterable[Any]]
 TRACK_MATCH_MAX_ANGLE = 0.1  # rad
 #: a shower without a track is matched to the final-state particle whose end point is nearest, if within this
 SHOWER_MATCH_MAX_DISTANCE = 15.0  # cm
-#: the DST stores EMC shower times in TDC ticks of 50 ns (BESIII analyses cut 0 <= t <= 14 ticks = 700 ns)
-EMC_TDC_NS = 50.0
+#: units of the DST values that are not already in the schema's unit, by ``table.field`` they fill
+#: (BESIII analyses cut the EMC time at 0 <= t <= 14 ticks = 700 ns)
+DST_UNITS = {
+    "showers.time": "EMC TDC tick",  # RecEmcShower::time()
+    "tracks.dedx": "normPH",  # RecMdcDedx::normPH()
+    "tracks.dedx_ph": "ADC counts",  # RecMdcDedx::probPH()
+}
 #: charges of the long-lived charged particles a drift chamber sees, by PDG id
 _CHARGE_BY_PDG = {11: -1, 13: -1, 211: 1, 321: 1, 2212: 1}
 #: BOSS McParticle status bits
@@ -187,16 +197,6 @@ def _tof_best(tof: _Flat) -> tuple[np.ndarray, np.ndarray]:
     return priority, good
 
 
-def _same_event_pairs(owner_a: np.ndarray, owner_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every (a, b) index pair with ``owner_a[a] == owner_b[b]`` (objects of the same event), vectorised."""
-    order_b = np.argsort(owner_b, kind="stable")
-    first = np.searchsorted(owner_b[order_b], owner_a, side="left")
-    n_pairs = np.searchsorted(owner_b[order_b], owner_a, side="right") - first
-    a_idx = np.repeat(np.arange(len(owner_a)), n_pairs)
-    offset_in_range = np.arange(int(n_pairs.sum())) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
-    return a_idx, order_b[np.repeat(first, n_pairs) + offset_in_range]
-
-
 def _nearest(
     a_idx: np.ndarray, b_idx: np.ndarray, distance: np.ndarray, n_a: int, limit: float
 ) -> np.ndarray:
@@ -227,6 +227,12 @@ def _match_by_angle(
     return _nearest(a_idx, b_idx, angle, len(owner_a), max_angle)
 
 
+def _in_schema_unit(values: np.ndarray, field: str) -> np.ndarray:
+    """DST values of ``table.field`` (in :data:`DST_UNITS`) in the unit the schema names for that field."""
+    table, name = field.split(".")
+    return to_field_unit(values, DST_UNITS[field], table, name)
+
+
 def _dst_chunk(arrays: Mapping[str, Any], channel: int) -> Tables:
     """One chunk of DST events (uproot arrays keyed as :data:`_DST_BRANCHES`) in the layout."""
     import awkward as ak
@@ -252,7 +258,11 @@ def _dst_chunk(arrays: Mapping[str, Any], channel: int) -> Tables:
     charge = np.sign(helix[:, 2]).astype(np.int8)
 
     mdc_row = _lookup(owner_t, rec["m_mdcTrackId"][charged], mdc.owner, mdc["m_trackId"])
-    layers = np.where(mdc_row >= 0, mdc["m_nlayer"][np.maximum(mdc_row, 0)] if len(mdc) else -1, -1)
+    # MdcTrack's own layer count is not filled in BOSS DSTs; its first and last layer are
+    def mdc_col(name: str) -> np.ndarray:
+        return np.where(mdc_row >= 0, mdc[name][np.maximum(mdc_row, 0)] if len(mdc) else -1, -1)
+
+    first_layer, last_layer = mdc_col("m_firstLayer"), mdc_col("m_lastLayer")
 
     dedx_row = _lookup(owner_t, rec["m_mdcDedxId"][charged], dedx.owner, dedx["m_trackId"])
     has_dedx = dedx_row >= 0
@@ -317,7 +327,7 @@ def _dst_chunk(arrays: Mapping[str, Any], channel: int) -> Tables:
         "z": z,
         "theta": np.arctan2(np.hypot(x, y), z),
         "phi": np.arctan2(y, x),
-        "time": emc["m_time"] * EMC_TDC_NS,
+        "time": _in_schema_unit(emc["m_time"], "showers.time"),
         "module": emc["m_module"],
         "n_crystals": emc["m_numHits"],
         "e3x3": emc["m_e3x3"],
@@ -408,7 +418,7 @@ def _dst_chunk(arrays: Mapping[str, Any], channel: int) -> Tables:
         "cos_theta": pz / p,
         "phi": np.arctan2(py, px),
         "mass_hypothesis": np.full(len(p), hyp),
-        "dedx": dedx_col("m_normPH", 0.0),
+        "dedx": _in_schema_unit(dedx_col("m_normPH", 0.0), "tracks.dedx"),
         "dedx_nhits": dedx_col("m_numGoodHits", 0).astype(np.int64),
         "chi_dedx": chi_dedx,
         "tof": t_meas,
@@ -420,8 +430,10 @@ def _dst_chunk(arrays: Mapping[str, Any], channel: int) -> Tables:
         "truth_index": track_truth,
         "fit_chi2": kal["m_chisq"][kal_row][:, hyp] if len(kal_row) else np.zeros(0),
         "fit_ndof": kal["m_ndf"][kal_row][:, hyp] if len(kal_row) else np.zeros(0, np.int64),
-        "mdc_layers": np.where(layers > 0, layers, -1),
-        "dedx_ph": dedx_col("m_probPH", np.nan),
+        "mdc_layers": mdc_layer_span(first_layer, last_layer),
+        "mdc_first_layer": first_layer,
+        "mdc_last_layer": last_layer,
+        "dedx_ph": _in_schema_unit(dedx_col("m_probPH", np.nan), "tracks.dedx_ph"),
     }
     events = {
         "run": run,

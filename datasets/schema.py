@@ -1,4 +1,4 @@
-"""The DST-level event layout (schema version 2): tables, fields, units, and every older version.
+"""The DST-level event layout (schema version 3): tables, fields, units, and every older version.
 
 Mirrors the objects of a BESIII DST (``TDstEvent``/``TMcEvent`` as read by pybes3) field by field, so a real
 DST maps onto it. An event file holds four tables; objects belong to events through the per-event counts
@@ -18,7 +18,12 @@ Conventions (BESIII's):
   (0,0), (1,0), (1,1), (2,0), ...), see :func:`pack_symmetric` / :func:`unpack_symmetric`;
 * the five particle hypotheses, in this order everywhere: e, mu, pi, K, p;
 * run numbers positive for data, negative for MC;
-* index columns (``truth_index``, ``emc_index``, ``mother``) point within the same event, -1 for none.
+* index columns (``truth_index``, ``emc_index``, ``mother``) point within the same event, -1 for none;
+* every field's ``unit`` string names a unit of :data:`UNITS`; both writers (the detector model and DST ingest)
+  convert what they have with :func:`to_field_unit`, so the schema is the one place a unit is decided. Two
+  BESIII units matter: EMC shower times are TDC ticks of 50 ns in the DST and ns here; ``tracks.dedx`` is the
+  DST's ``normPH`` (the truncated-mean pulse height over 550 ADC counts, so Bhabha electrons on the Fermi
+  plateau sit near 1 and minimum-ionising pions near 0.74), and ``tracks.dedx_ph`` the same in ADC counts.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ __all__ = [
     "Field",
     "TABLES",
     "TABLES_V1",
+    "TABLES_V2",
+    "UNITS",
+    "field_spec",
+    "to_field_unit",
+    "mdc_layer_span",
     "OBJECT_TABLES",
     "COUNT_FIELD",
     "CHANNELS",
@@ -50,7 +60,7 @@ __all__ = [
     "momentum_sigma",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: ``{table: {field: array}}``
 Tables = dict[str, dict[str, np.ndarray]]
@@ -279,8 +289,67 @@ _ADDED_V2: dict[str, tuple[Field, ...]] = {
     ),
 }
 
-#: the current layout (schema version 2)
-TABLES: dict[str, tuple[Field, ...]] = {t: TABLES_V1[t] + _ADDED_V2[t] for t in TABLES_V1}
+#: schema version 2 (frozen: released files use it)
+TABLES_V2: dict[str, tuple[Field, ...]] = {t: TABLES_V1[t] + _ADDED_V2[t] for t in TABLES_V1}
+
+#: fields new in version 3: the MDC hit span (the real DST's MdcTrack first/last layer)
+_ADDED_V3: dict[str, tuple[Field, ...]] = {
+    "events": (),
+    "tracks": (
+        _F("mdc_first_layer", "<i2", description="innermost MDC layer (0-42) with a hit on the track, -1 if unknown",
+           fill=-1),
+        _F("mdc_last_layer", "<i2", description="outermost MDC layer (0-42) with a hit on the track, -1 if unknown",
+           fill=-1),
+    ),
+    "showers": (),
+    "truth": (),
+}
+#: version 3 states what two version-2 columns mean (the values of a version-2 file are read unchanged: files
+#: ingested from DSTs already held these meanings, files of vbes detector model 1 did not -- their provenance
+#: says ``detector_model_version`` 1)
+_RESTATED_V3: dict[tuple[str, str], dict[str, str]] = {
+    ("tracks", "dedx"): {"unit": "normPH", "description": "truncated-mean dE/dx as BESIII's normalised pulse "
+                         "height normPH (ADC counts / 550: about 1 for Bhabha electrons, 0.74 at minimum "
+                         "ionisation)"},
+    ("tracks", "mdc_layers"): {"description": "MDC layers spanned by the track's hits (last - first + 1), "
+                               "-1 if unknown"},
+    ("showers", "time"): {"description": "shower time relative to the event start time, in steps of the EMC "
+                          "TDC tick (50 ns)"},
+}
+
+
+def _restate(table: str, f: Field) -> Field:
+    from dataclasses import replace
+
+    new = _RESTATED_V3.get((table, f.name), {})
+    return replace(f, unit=new.get("unit", f.unit), description=new.get("description", f.description))
+
+
+#: the current layout (schema version 3)
+TABLES: dict[str, tuple[Field, ...]] = {
+    t: tuple(_restate(t, f) for f in TABLES_V2[t]) + _ADDED_V3[t] for t in TABLES_V2
+}
+
+#: units the layout uses: name -> (dimension, value of one such unit in the dimension's base unit).
+#: Sources: the EMC TDC tick is 50 ns (pybes3.emc.emc_tdc_to_time, BOSS's EmcRecTDS); normPH is BOSS's dE/dx
+#: pulse height over 550 ADC counts (in the real DST ../shared/data/besiii-boss-jpsi-rhopi-10evt.dst,
+#: m_probPH / m_normPH = 550 for every track).
+UNITS: dict[str, tuple[str, float]] = {
+    "ns": ("time", 1.0),
+    "ps": ("time", 1e-3),
+    "EMC TDC tick": ("time", 50.0),
+    "cm": ("length", 1.0),
+    "mm": ("length", 0.1),
+    "cm^2": ("area", 1.0),
+    "GeV": ("energy", 1.0),
+    "MeV": ("energy", 1e-3),
+    "GeV/c": ("momentum", 1.0),
+    "MeV/c": ("momentum", 1e-3),
+    "rad": ("angle", 1.0),
+    "ADC counts": ("pulse height", 1.0),
+    "normPH": ("pulse height", 550.0),
+}
+
 
 OBJECT_TABLES = ("tracks", "showers", "truth")
 #: the ``events`` column that counts each object table's rows per event
@@ -288,7 +357,7 @@ COUNT_FIELD = {"tracks": "n_tracks", "showers": "n_showers", "truth": "n_truth"}
 
 
 #: every released layout, by version; a file of any of them is readable for ever (migrated on read)
-SCHEMA_VERSIONS: dict[int, dict[str, tuple[Field, ...]]] = {1: TABLES_V1, 2: TABLES}
+SCHEMA_VERSIONS: dict[int, dict[str, tuple[Field, ...]]] = {1: TABLES_V1, 2: TABLES_V2, 3: TABLES}
 
 
 @dataclass(frozen=True)
@@ -311,6 +380,7 @@ class Migration:
 #: ``MIGRATIONS[v]`` turns version ``v`` into ``v + 1``
 MIGRATIONS: dict[int, Migration] = {
     1: Migration(1, added=tuple((t, f.name) for t, fs in _ADDED_V2.items() for f in fs)),
+    2: Migration(2, added=tuple((t, f.name) for t, fs in _ADDED_V3.items() for f in fs)),
 }
 
 
@@ -346,6 +416,41 @@ def migrate_tables(tables: Tables, version: int, n_rows: Mapping[str, int]) -> T
         if step.transform is not None:
             out = step.transform(out, dict(n_rows))
     return out
+
+
+def field_spec(table: str, name: str, version: int = SCHEMA_VERSION) -> Field:
+    """The :class:`Field` ``table.name`` of a schema version."""
+    from vbes.errors import SchemaError
+
+    for f in layout(version).get(table, ()):
+        if f.name == name:
+            return f
+    raise SchemaError(f"schema version {version} has no field {table}.{name}")
+
+
+def to_field_unit(values: np.ndarray | float, unit: str, table: str, name: str) -> np.ndarray:
+    """``values`` given in ``unit``, converted to the unit the schema names for ``table.name``.
+
+    Example:
+        >>> to_field_unit(np.array([7.0]), "EMC TDC tick", "showers", "time").tolist()
+        [350.0]
+    """
+    from vbes.errors import SchemaError
+
+    target = field_spec(table, name).unit
+    try:
+        (dim_from, scale_from), (dim_to, scale_to) = UNITS[unit], UNITS[target]
+    except KeyError as exc:
+        raise SchemaError(f"{table}.{name}: unit {exc.args[0]!r} is not in vbes.datasets.schema.UNITS") from None
+    if dim_from != dim_to:
+        raise SchemaError(f"{table}.{name}: cannot convert {unit} ({dim_from}) to {target} ({dim_to})")
+    return np.asarray(values, dtype=np.float64) * (scale_from / scale_to)
+
+
+def mdc_layer_span(first_layer: np.ndarray, last_layer: np.ndarray) -> np.ndarray:
+    """``tracks.mdc_layers`` from the first and last layer with hits: ``last - first + 1``, -1 where unknown."""
+    first, last = np.asarray(first_layer), np.asarray(last_layer)
+    return np.where((first >= 0) & (last >= first), last - first + 1, -1).astype(np.int16)
 
 
 def channel_code(name: str) -> int:

@@ -41,8 +41,9 @@ __all__ = [
 
 SIM_TAG = "BOSS-6.6.4-sim-2"
 DETECTOR_MODEL = "vbes BESIII-like parametric response"
-DETECTOR_MODEL_VERSION = "1"
+DETECTOR_MODEL_VERSION = "2"
 _CHUNK_EVENTS = 50_000
+_MC_FROM_GENERATOR, _MC_LEAF = 1, 8
 
 Tables = dict[str, dict[str, np.ndarray]]
 #: wraps the iterator of chunks, e.g. ``lambda chunks, total: vbes.cli.progress(chunks, total=total)``
@@ -174,6 +175,9 @@ def _simulate_chunk(channel: str, seed: int, fsr: bool, material: bool, chunk: _
         "weight": np.ones(n, np.float32),
     }
     truth_table = {k: truth[k] for k in ("pdg", "mother", "px", "py", "pz", "e", "vx", "vy", "vz", "final")}
+    # BOSS McParticle bits as the real DST sets them for generator particles: 1 from the generator, 8 a leaf
+    truth_table["status_flags"] = np.where(truth["final"].astype(bool), _MC_FROM_GENERATOR | _MC_LEAF,
+                                           _MC_FROM_GENERATOR).astype(np.int32)
     return {"events": events, "tracks": reco["tracks"], "showers": reco["showers"], "truth": truth_table}
 
 

@@ -18,7 +18,15 @@ from vbes.archive import Archive, checksum_file, parse_name
 from vbes.demo import archive_step
 from vbes.archive.checksums import ChecksumStream, checksum_chunks, read_chunks
 
-from vbes.errors import ChecksumMismatch, DatasetClosed, FileLost, InvalidName, NameConflict, NotFound
+from vbes.errors import (
+    ChecksumMismatch,
+    DatasetClosed,
+    FileLost,
+    InvalidInput,
+    InvalidName,
+    NameConflict,
+    NotFound,
+)
 from vbes.settings import load_settings
 
 
@@ -206,7 +214,7 @@ def test_get_verifies_and_falls_back_to_another_replica(tmp_path: Path) -> None:
         assert out.read_bytes() == data
         # the replica that failed is flagged for the next audit, not condemned
         assert archive.info("mc:f.bin").replica("hot").state == "suspicious"  # type: ignore[union-attr]
-        with pytest.raises(Exception, match="exists"):
+        with pytest.raises(InvalidInput, match="already exists"):
             archive.get("mc:f.bin", out)
         # both replicas corrupt: an error, and no output file at all
         cold = tmp_path / "cold" / sha[:2] / sha[2:4] / sha

@@ -18,7 +18,7 @@ import bagit
 import pytest
 from vbes.archive import Archive, Tier, export_bag, import_bag
 
-from vbes.errors import BagError, TierError
+from vbes.errors import BagError, InvalidInput, TierError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -330,7 +330,7 @@ def test_exported_bag_passes_the_bagit_validator(exported_bag, tmp_path: Path) -
     assert cli.returncode == 0, cli.stderr
     # no staging folder is left beside the bag; a second export to the same place is refused
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bag")] == []
-    with pytest.raises(Exception, match="not an empty folder"):
+    with pytest.raises(InvalidInput, match="not an empty folder"):
         export_bag(archive, "mc:release-1", bag_dir)
 
     other = Archive(f"sqlite:///{tmp_path / 'dst.sqlite'}", {"hot": str(tmp_path / "hot2")})

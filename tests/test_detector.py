@@ -54,7 +54,14 @@ def test_true_helix_agrees_with_pybes3(kskpi: dict) -> None:
     np.testing.assert_allclose(negative, expected, atol=1e-9)
 
 
+def _robust_sigma(x: np.ndarray) -> float:
+    """σ of a Gaussian core from the median absolute deviation (insensitive to the tails)."""
+    return float(1.482602 * np.median(np.abs(x - np.median(x))))
+
+
 def test_helix_pulls_are_standard_normal() -> None:
+    """The Gaussian core of every helix pull is N(0, 1) with the track's own covariance; beyond it, a tail far
+    above a Gaussian's (beyond 4σ: 6.3e-5) from the second, wider component, as real track fits have."""
     tables = simulate("rhopi", 8000, runs=(-10000, -9001), seed=22)
     tr, truth = tables["tracks"], tables["truth"]
     rows = _matched_truth_rows(tables)
@@ -72,11 +79,12 @@ def test_helix_pulls_are_standard_normal() -> None:
     residual[:, 1] = (residual[:, 1] + np.pi) % (2 * np.pi) - np.pi
     for k, name in enumerate(("dr", "phi0", "kappa", "dz", "tanl")):
         pull = residual[:, k] / np.sqrt(cov[:, k, k])
-        assert np.mean(pull) == pytest.approx(0.0, abs=0.05), name
-        assert np.std(pull) == pytest.approx(1.0, abs=0.05), name
-    # the full covariance, correlations included: chi² of 5 parameters has mean 5
+        assert np.median(pull) == pytest.approx(0.0, abs=0.05), name
+        assert _robust_sigma(pull) == pytest.approx(1.0, abs=0.05), name
+        assert 0.003 < np.mean(np.abs(pull) > 4) < 0.1, name  # a Gaussian: 6.3e-5
+    # the full covariance, correlations included: chi² of 5 parameters has median 4.35 (its core)
     chi2 = np.einsum("ni,nij,nj->n", residual, np.linalg.inv(cov), residual)
-    assert np.mean(chi2) == pytest.approx(5.0, abs=0.2)
+    assert np.median(chi2) == pytest.approx(4.351, abs=0.25)
     assert np.all(np.linalg.eigvalsh(cov) > 0)
 
 
@@ -140,11 +148,12 @@ def test_truth_matching(kskpi: dict) -> None:
 def test_shower_multiplicity_like_the_real_boss_file(shared_data: Path) -> None:
     """ρπ events have as many showers as the real BOSS DST (4–12, mean ≈ 7.5, ≈ 45 % below 50 MeV)."""
     import awkward as ak
-    import pybes3  # noqa: F401  (registers the BESIII classes with uproot)
+    import pybes3.emc  # (also registers the BESIII classes with uproot)
     import uproot
 
     with uproot.open(shared_data / "besiii-boss-jpsi-rhopi-10evt.dst") as f:
-        energy = f["Event"]["TDstEvent/m_emcTrackCol"].array()["m_energy"]
+        emc = f["Event"]["TDstEvent/m_emcTrackCol"].array()
+    energy, time = emc["m_energy"], emc["m_time"]
     real_counts = ak.num(energy).to_numpy()
     real_low = float(np.mean(ak.flatten(energy).to_numpy() < 0.05))
     ours = simulate("rhopi", 5000, runs=(-10000, -9001), seed=25)
@@ -153,8 +162,10 @@ def test_shower_multiplicity_like_the_real_boss_file(shared_data: Path) -> None:
     assert np.mean(ours["showers"]["energy"] < 0.05) == pytest.approx(real_low, abs=0.1)
     lo, hi = np.quantile(counts, [0.05, 0.95])
     assert lo >= real_counts.min() - 2 and hi <= real_counts.max() + 2
-    # the real file's shower times: physics showers cluster, noise spreads; ours too
-    assert np.median(ours["showers"]["time"]) == pytest.approx(7.0, abs=1.5)
+    # the real file's shower times (TDC ticks of 50 ns converted to ns by pybes3's rule): ours peak where
+    # they do, within one tick
+    real_time = pybes3.emc.emc_tdc_to_time(ak.flatten(time).to_numpy().astype(np.int64))
+    assert np.median(ours["showers"]["time"]) == pytest.approx(np.median(real_time), abs=50.0)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_DIGESTS = {
     1: "5e2cde93cc18492f81c652b9199056bf7ef5e1179d77d0ef8af961b48e96ef08",
     2: "74aad9f3a41c95962c4b6e9f09ab883f1ca27706fcfbf685a1d4656aefb650c3",
+    3: "db3e097fe9926de6ce0e7c7002c534d2f28b39b93307242bc728aa8b1418bc28",
 }
 PROVENANCE = {
     "generator": "test",

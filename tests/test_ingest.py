@@ -10,7 +10,7 @@ import pytest
 
 from vbes.datasets import content_digest, file_info, read_events
 from vbes.datasets.ingest import example_mapping_path, export_root, ingest_besiii_dst, ingest_root
-from vbes.datasets.schema import momentum_sigma
+from vbes.datasets.schema import SCHEMA_VERSION, momentum_sigma
 from vbes.errors import InvalidInput, NotFound, SchemaError
 
 DST = "besiii-boss-jpsi-rhopi-10evt.dst"
@@ -42,7 +42,7 @@ def cms_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dst_counts_match_the_file(dst_h5: Path) -> None:
     info = file_info(dst_h5)
-    assert info["n_events"] == 10 and info["mc"] is True and info["schema_version"] == 2
+    assert info["n_events"] == 10 and info["mc"] is True and info["schema_version"] == SCHEMA_VERSION
     ev = read_events(dst_h5)["events"]
     assert (ev["run"] == -9989).all() and ev["event"].tolist() == list(range(10))
     # the description of the file: 4-12 EMC showers per event, mean 7.5, about 45 % below 50 MeV

@@ -193,9 +193,17 @@ def test_rho_helicity_sin2(rhopi: dict) -> None:
     acceptance, _ = np.histogram(cos_iso, bins=bins, range=(-lim, lim))
     a, err = _fit_quadratic_shape(cos_data, acceptance / acceptance.mean(), bins, lim)
     assert a == pytest.approx(-1.0, abs=max(3 * err, 0.08))
-    # and the isotropic reference is really different: the test can fail
-    a_iso, _ = _fit_quadratic_shape(cos_iso, acceptance / acceptance.mean(), bins, lim)
-    assert abs(a_iso) < 0.1
+    # the correction itself: a second, independent isotropic sample corrected with the first one's acceptance
+    # is flat (a = 0, as an isotropic decay is), and the measured a is many errors away from that
+    truth_b = JpsiGenerator("rhopi", seed=6, angular=False).generate(30000)
+    reco_b = simulate_detector(truth_b, default_constants(-9500), np.random.default_rng(6))
+    cos_iso_b = _rho_decay_cos({
+        "events": {"n_tracks": reco_b["n_tracks"], "n_showers": reco_b["n_showers"], "run": np.zeros(n)},
+        "tracks": reco_b["tracks"], "showers": reco_b["showers"],
+    })
+    a_iso, err_iso = _fit_quadratic_shape(cos_iso_b, acceptance / acceptance.mean(), bins, lim)
+    assert abs(a_iso) < max(3 * err_iso, 0.05)
+    assert abs(a - a_iso) > 5 * np.hypot(err, err_iso)
 
 
 def test_mumu_momentum_peak_resolution_and_pulls(mumu: dict) -> None:
@@ -214,8 +222,9 @@ def test_mumu_momentum_peak_resolution_and_pulls(mumu: dict) -> None:
     p_true = np.sqrt(truth["px"][truth_row] ** 2 + truth["py"][truth_row] ** 2 + truth["pz"][truth_row] ** 2)
     sigma = np.sqrt(helix_momentum_covariance(tr["helix"], unpack_symmetric(tr["helix_cov"])))
     pull = (np.sqrt(1 + tr["helix"][:, 4] ** 2) / np.abs(tr["helix"][:, 2]) - p_true) / sigma
-    assert np.mean(pull) == pytest.approx(0.0, abs=0.05)
-    assert np.std(pull) == pytest.approx(1.0, abs=0.05)
+    # the Gaussian core (median absolute deviation; the fit tails and FSR sit outside it)
+    assert np.median(pull) == pytest.approx(0.0, abs=0.05)
+    assert 1.482602 * np.median(np.abs(pull - np.median(pull))) == pytest.approx(1.0, abs=0.05)
 
 
 def test_muon_mip_peak(mumu: dict) -> None:
