@@ -101,3 +101,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.sqlite'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def rhopi_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny simulated J/psi -> rho pi event file (300 events, Pythia 8 + detector response, seed 1), made once
+    per session with its own calibration store; named as `vbes demo` names its samples."""
+    from vbes.calibration import CalibrationStore
+    from vbes.datasets import generate_sample
+
+    folder = tmp_path_factory.mktemp("rhopi-sample")
+    with CalibrationStore(f"sqlite:///{folder / 'calibration.sqlite'}") as store:
+        store.init_defaults()
+        return generate_sample("rhopi", 300, folder / "jpsi-rhopi.h5", runs=(-10000, -9001), seed=1, store=store)
