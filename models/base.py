@@ -146,7 +146,8 @@ class ModelFamily(L.LightningModule):
         raise NotImplementedError
 
     def records_of(self, tables: Tables) -> dict[str, np.ndarray]:
-        """The input rows of :meth:`predict_records` that ``tables`` hold (what the pyfunc model takes).
+        """The rows that :meth:`predict_records` takes, from event tables: 1-D columns of equal length
+        (what the MLflow pyfunc model takes as a table).
 
         Args:
             tables: event tables.
@@ -154,10 +155,10 @@ class ModelFamily(L.LightningModule):
         raise NotImplementedError
 
     def predict_records(self, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """What the served model returns for input records (physical columns in, physical columns out).
+        """What the served model returns for input rows: 1-D physical columns in, 1-D physical columns out.
 
         Args:
-            rows: the family's input columns, as in its card.
+            rows: the family's input columns, as :meth:`records_of` names them and the card lists them.
         """
         raise NotImplementedError
 

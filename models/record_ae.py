@@ -192,7 +192,7 @@ class RecordAutoencoder(ModelFamily):
         return records.from_model(x, flags, classes, self._integer_range())
 
     def records_of(self, tables: Tables) -> dict[str, np.ndarray]:
-        return {c: np.asarray(tables["tracks"][c]) for c in records.MODELLED_COLUMNS}
+        return records.flatten(tables["tracks"])
 
     def predict_records(self, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.reconstruct(rows)
+        return records.flatten(self.reconstruct(records.unflatten(rows)))
