@@ -80,6 +80,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if error is not None:
         message = " ".join(error.message.split())
         raise TrainingConfigError(f"{source}: {_where(error.absolute_path)}: {message}")
+    if not data["data"].get("files") and not data["data"].get("archive"):
+        raise TrainingConfigError(f"{source}: data: name training files in 'files' or 'archive' (or both)")
     resolved: dict[str, Any] = _fill_defaults(schema(), copy.deepcopy(data))
     resolved["registry"].setdefault("model_name", f"vbes-{resolved['name']}")
     return resolved

@@ -9,13 +9,15 @@ is trained afresh as a new MLflow run and a new registered version.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +101,7 @@ def _flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-@contextmanager
+@contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     # Lightning's advice for large jobs, which a CPU run on in-memory tensors deliberately ignores
     with warnings.catch_warnings():
@@ -109,6 +111,8 @@ def _quiet_lightning() -> Iterator[None]:
             r".*GPU available but not used.*",
             r".*You are using `torch.load` with `weights_only=False`.*",
             r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
+            # resuming: the folder holds the run's own checkpoints (a fresh run starts with it removed)
+            r"Checkpoint directory .* exists and is not empty\.",
         ):
             warnings.filterwarnings("ignore", message=message)
         yield
@@ -236,7 +240,8 @@ def train(
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=batch)
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     experiment_id = _experiment_id(client, config["registry"]["experiment"], settings.mlflow_artifacts)
     tags = lineage_tags(lineage, config_sha, config["family"])
     if resume and state:
@@ -280,8 +285,11 @@ def train(
         enable_model_summary=False,
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
+        # the project's rule for progress bars (vbes.cli.progress): on a terminal, or when asked for
+        enable_progress_bar=sys.stderr.isatty() or os.environ.get("VBES_PROGRESS") == "1",
     )
-    with _quiet_lightning():
+    # Lightning's progress bar writes to stdout, which belongs to the command's result (--json)
+    with _quiet_lightning(), contextlib.redirect_stdout(sys.stderr):
         trainer.fit(model, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     resumed_from = epoch_metrics.first_epoch if resume else None
     best_path = Path(checkpoint.best_model_path or last)
@@ -311,6 +319,11 @@ def _register(client: Any, run_id: str, config: Mapping[str, Any], model: Any, t
     import torch
     import yaml
     from mlflow.models import infer_signature
+
+    with warnings.catch_warnings():
+        # MLflow's own module builds a schema from its type hints at import and warns about its own `Any`
+        warnings.filterwarnings("ignore", message=r".*Any type hint is inferred as AnyType.*")
+        import mlflow.pyfunc.model  # noqa: F401
 
     model_dir = run_dir / "model"
     if model_dir.exists():
