@@ -235,7 +235,7 @@ class ModelFamily(L.LightningModule):
         """
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        arrays = self.tensors()
+        arrays: dict[str, Any] = self.tensors()
         spec = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -62,6 +62,10 @@ class RecordAutoencoder(ModelFamily):
 
     family = "record_autoencoder"
     capabilities = frozenset({"encode", "decode"})
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    int_lo: torch.Tensor
+    int_hi: torch.Tensor
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(config)

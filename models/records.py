@@ -204,15 +204,15 @@ def to_model(tracks: Mapping[str, np.ndarray]) -> ModelSpace:
             x[:, col : col + 15] = _cholesky_coordinates(tracks["helix_cov"])
             col += 15
     classes = {}
-    for name, values in CATEGORIES.items():
+    for name, allowed in CATEGORIES.items():
         column = np.asarray(tracks[name]).astype(np.int64)
-        lookup = {v: i for i, v in enumerate(values)}
+        lookup = {v: i for i, v in enumerate(allowed)}
         unknown = set(np.unique(column).tolist()) - set(lookup)
         if unknown:
             from vbes.errors import InvalidInput
 
-            raise InvalidInput(f"tracks.{name}: values {sorted(unknown)} are not among {list(values)}")
-        classes[name] = np.searchsorted(np.asarray(values), column)
+            raise InvalidInput(f"tracks.{name}: values {sorted(unknown)} are not among {list(allowed)}")
+        classes[name] = np.searchsorted(np.asarray(allowed), column)
     return ModelSpace(x=x, observed=observed, flags=flags, classes=classes)
 
 

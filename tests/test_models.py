@@ -4,6 +4,7 @@ promises (physical bounds, discrete outputs, exact record representation) on a s
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,15 @@ from vbes.models import build, families, get_family, load
 from vbes.models import records as rec
 
 FAMILY_NAMES = sorted(families())
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny matrices, and a machine shared with other jobs (two threads only contend)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

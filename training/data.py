@@ -4,7 +4,6 @@ their fixity (SHA-256 of the bytes read) and the provenance they declare, read i
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,11 +63,9 @@ class TrainingData:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from vbes.archive import checksum_file
+
+    return checksum_file(path).sha256
 
 
 def _local(name: str, data_dir: Path) -> Path:

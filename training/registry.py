@@ -102,7 +102,7 @@ def describe_version(tracking_uri: str, uri: str) -> dict[str, Any]:
     name, alias, version = parse_model_uri(uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
         aliases = {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
     except MlflowException:
         raise NotFound(f"{uri}: no such registered model version in {tracking_uri}") from None

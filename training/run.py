@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from vbes.errors import TrainingError
 from vbes.training.config import config_sha256, load_config
@@ -118,7 +120,7 @@ def _quiet_lightning() -> Iterator[None]:
         yield
 
 
-class _DictDataset:
+class _DictDataset(Dataset[dict[str, Any]]):
     """Rows of a dict of equal-length tensors, as dicts (the default collate stacks them)."""
 
     def __init__(self, tensors: Mapping[str, Any]) -> None:
@@ -177,7 +179,6 @@ def train(
     """
     import lightning as L
     import mlflow
-    import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from mlflow.tracking import MlflowClient
 
@@ -236,8 +237,9 @@ def train(
         )
     batch = int(trainer_cfg["batch_size"])
     loader_seed = torch.Generator().manual_seed(config["seed"])
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True, generator=loader_seed)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=batch)
+    train_loader: DataLoader[dict[str, Any]] = DataLoader(train_set, batch_size=batch, shuffle=True,
+                                                          generator=loader_seed)
+    val_loader: DataLoader[dict[str, Any]] = DataLoader(val_set, batch_size=batch)
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
@@ -315,8 +317,7 @@ def _register(client: Any, run_id: str, config: Mapping[str, Any], model: Any, t
               lineage: Mapping[str, Any], tags: Mapping[str, str], run_dir: Path) -> str:
     """Log the model (pyfunc, models-from-code + the saved model as artifact), register it, tag and alias it."""
     import mlflow
-    import pandas as pd
-    import torch
+    import pandas as pd  # type: ignore[import-untyped]
     import yaml
     from mlflow.models import infer_signature
 
