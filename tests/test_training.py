@@ -213,3 +213,38 @@ def test_invalid_yaml_and_the_shipped_full_config(run_cli: Any, tmp_path: Path) 
     assert result.exit_code != 0 and result.stderr.count("\n") == 1 and "not valid YAML: line" in result.stderr
     full = load_config(FULL)
     assert full["data"]["archive"][0] == "demo:jpsi-rhopi.h5" and full["registry"]["model_name"] == "vbes-record-ae"
+
+
+def test_training_data_from_the_archive_is_verified_and_fingerprinted(env: dict[str, str], tmp_path: Path) -> None:
+    from vbes.archive import Archive
+    from vbes.settings import load_settings
+    from vbes.training.data import load_training_data
+
+    settings = load_settings()
+    sample = Path(env["VBES_DATA"]) / "jpsi-rhopi.h5"
+    with Archive.from_settings(settings) as archive:
+        archive.put(sample, "mc:train/jpsi-rhopi.h5")
+    data = load_training_data({"archive": ["mc:train/jpsi-rhopi.h5"]}, settings, tmp_path / "cache")
+    (source,) = data.sources
+    assert source.source == "archive:mc:train/jpsi-rhopi.h5"
+    assert source.sha256 == hashlib.sha256(sample.read_bytes()).hexdigest()
+    assert source.path.read_bytes() == sample.read_bytes() and source.path.is_relative_to(tmp_path / "cache")
+    assert data.lineage()["calibration_tags"] == ["BOSS-6.6.4-sim-2"]
+    assert len(data.tables["events"]["run"]) == 300
+
+
+def test_an_unfinished_run_of_another_configuration_is_not_resumed(env: dict[str, str], run_cli: Any,
+                                                                   tmp_path: Path) -> None:
+    config = yaml.safe_load(SMOKE.read_text())
+    config["name"] = "record-ae-other"
+    run_dir = Path(env["VBES_HOME"]) / "training" / "record-ae-other"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run_dir / "state.json").write_text(json.dumps({"run_id": "x", "config_sha256": "0" * 64, "status": "running"}))
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli("train", path)
+    assert result.exit_code != 0 and result.stderr.count("\n") == 1
+    assert "unfinished run of record-ae-other with another configuration" in result.stderr
+    assert "--fresh" in result.stderr
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
