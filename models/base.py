@@ -278,7 +278,7 @@ def register_family(cls: F) -> F:
 
 def _load_builtin() -> None:
     # the built-in families register themselves on import
-    from vbes.models import record_ae  # noqa: F401
+    from vbes.models import record_ae, track_flow  # noqa: F401
 
 
 def families() -> dict[str, type[ModelFamily]]:

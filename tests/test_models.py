@@ -169,3 +169,28 @@ def test_record_autoencoder_learns_to_reconstruct(tables: dict) -> None:
     # a simulated rho pi sample: every track is fitted as a pion; the charges are reconstructed
     assert (out["mass_hypothesis"] == HYPOTHESES.index("pi")).mean() == 1.0
     assert (out["charge"] == tables["tracks"]["charge"]).mean() > 0.9
+
+
+def test_track_flow_samples_are_physical_and_follow_the_channel(tables: dict, mumu_sample: Path) -> None:
+    from vbes.datasets.schema import CHANNELS
+
+    both = read_events(mumu_sample)
+    merged = {t: {c: np.concatenate([tables[t][c], both[t][c]]) for c in tables[t]} for t in tables}
+    model = build("track_flow", {"transforms": 3, "hidden": [32, 32]}, seed=0)
+    model.fit_preprocessing(merged)
+    batch = model.make_tensors(merged)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimiser.zero_grad()
+        model.loss(batch)["loss"].backward()
+        optimiser.step()
+    model.eval()
+    n = 4000
+    mumu = model.sample(n, {"channel": torch.full((n,), CHANNELS["mumu"])}, seed=1).numpy()
+    rhopi = model.sample(n, {"channel": torch.full((n,), CHANNELS["rhopi"])}, seed=1).numpy()
+    for draw in (mumu, rhopi, model.sample(n, seed=2).numpy()):
+        assert (draw[:, 0] > 0).all() and (np.abs(draw[:, 1]) <= 1).all() and (np.abs(draw[:, 2]) <= np.pi).all()
+    # J/psi -> mu mu at rest: p = M(J/psi)/2 = 1.548 GeV/c (PDG 3.0969 GeV), smeared by resolution, boost, FSR
+    assert abs(np.median(mumu[:, 0]) - 3.0969 / 2) < 0.02
+    # rho pi: three-body, the charged pions share the energy: well below the two-body momentum
+    assert np.median(rhopi[:, 0]) < 1.3

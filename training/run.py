@@ -313,6 +313,11 @@ def train(
     return TrainResult(run_id, name, version, uri, run_dir, resumed_from, int(trainer.current_epoch), best_loss)
 
 
+def _widened(values: np.ndarray) -> np.ndarray:
+    kind = np.asarray(values).dtype.kind
+    return np.asarray(values, dtype=np.int64 if kind in "iub" else np.float64 if kind == "f" else None)
+
+
 def _register(client: Any, run_id: str, config: Mapping[str, Any], model: Any, tables: Any,
               lineage: Mapping[str, Any], tags: Mapping[str, str], run_dir: Path) -> str:
     """Log the model (pyfunc, models-from-code + the saved model as artifact), register it, tag and alias it."""
@@ -330,7 +335,8 @@ def _register(client: Any, run_id: str, config: Mapping[str, Any], model: Any, t
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model.save(model_dir)
-    example_rows = {k: v[:5] for k, v in model.records_of(tables).items()}
+    # the served schema takes int64 and float64 columns (pandas' defaults): the model casts to its own dtypes
+    example_rows = {k: _widened(v[:5]) for k, v in model.records_of(tables).items()}
     example = pd.DataFrame(example_rows)
     name = config["registry"]["model_name"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -346,7 +352,8 @@ def _register(client: Any, run_id: str, config: Mapping[str, Any], model: Any, t
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # integer columns never hold missing values here (NaN is allowed in float columns only)
         warnings.filterwarnings("ignore", message=r".*Hint: Inferred schema contains integer column.*")
-        signature = infer_signature(example, pd.DataFrame(model.predict_records(example_rows)))
+        answer = {k: _widened(v) for k, v in model.predict_records(example_rows).items()}
+        signature = infer_signature(example, pd.DataFrame(answer))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_PYFUNC_CODE),
