@@ -96,6 +96,34 @@ def test_train_tracks_lineage_and_registers_a_candidate(env: dict[str, str], tra
     assert "production" not in client.get_registered_model(trained["model_name"]).aliases
 
 
+def test_each_registered_version_is_archived_as_a_preservation_package(env: dict[str, str], trained: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    import tarfile
+
+    from mlflow.tracking import MlflowClient
+
+    from vbes.archive import Archive
+    from vbes.models import load
+    from vbes.settings import load_settings
+
+    client = MlflowClient(tracking_uri=_tracking_uri(env), registry_uri=_tracking_uri(env))
+    tags = client.get_model_version(trained["model_name"], trained["version"]).tags
+    assert tags["vbes.preservation.name"] == f"models:{trained['model_name']}/v{trained['version']}.tar"
+    with Archive.from_settings(load_settings()) as archive:
+        record = archive.get(tags["vbes.preservation.name"], tmp_path / "package.tar")
+    assert record.sha256 == tags["vbes.preservation.sha256"]
+    assert hashlib.sha256((tmp_path / "package.tar").read_bytes()).hexdigest() == record.sha256
+    with tarfile.open(tmp_path / "package.tar") as tar:
+        assert sorted(tar.getnames()) == ["config.yaml", "lineage.json", "model/model.json", "model/tensors.npz",
+                                          "model_card.json", "requirements.lock"]
+        tar.extractall(tmp_path / "package", filter="data")
+    lock = (tmp_path / "package" / "requirements.lock").read_text().splitlines()
+    assert any(line.startswith("torch==") for line in lock) and any(line.startswith("mlflow==") for line in lock)
+    lineage = json.loads((tmp_path / "package" / "lineage.json").read_text())
+    assert lineage["files"][0]["sha256"] == tags["vbes.data.0.sha256"]
+    assert load(tmp_path / "package" / "model").family == "record_autoencoder"
+
+
 def test_models_list_and_show(env: dict[str, str], trained: dict[str, Any]) -> None:
     listing = _cli_json("models", "list")
     assert listing["tracking_uri"] == _tracking_uri(env)

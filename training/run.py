@@ -302,7 +302,7 @@ def train(
     best_loss = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan")
     model.card.training_domain["best_val_loss"] = best_loss
 
-    version = _register(client, run_id, config, model, train_tables, lineage, tags, run_dir)
+    version = _register(client, run_id, config, model, train_tables, lineage, tags, run_dir, settings)
     client.set_terminated(run_id, "FINISHED")
     _write_state(state_path, {"run_id": run_id, "config_sha256": config_sha, "status": "finished",
                               "version": version})
@@ -319,8 +319,9 @@ def _widened(values: np.ndarray) -> np.ndarray:
 
 
 def _register(client: Any, run_id: str, config: Mapping[str, Any], model: Any, tables: Any,
-              lineage: Mapping[str, Any], tags: Mapping[str, str], run_dir: Path) -> str:
-    """Log the model (pyfunc, models-from-code + the saved model as artifact), register it, tag and alias it."""
+              lineage: Mapping[str, Any], tags: Mapping[str, str], run_dir: Path, settings: Any) -> str:
+    """Log the model (pyfunc, models-from-code + the saved model as artifact), register it, archive its
+    preservation package, tag and alias it."""
     import mlflow
     import pandas as pd  # type: ignore[import-untyped]
     import yaml
@@ -364,6 +365,12 @@ def _register(client: Any, run_id: str, config: Mapping[str, Any], model: Any, t
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
+    from vbes.training.preserve import archive_package, write_package
+
+    package = write_package(run_dir / "package.tar", model_dir, config, lineage, model.card.to_dict())
+    archived, sha = archive_package(settings, name, version, package, lineage)
+    package.unlink()
+    tags = {**tags, "vbes.preservation.name": archived, "vbes.preservation.sha256": sha}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_model_version_tag(name, version, "vbes.training_run", run_id)
