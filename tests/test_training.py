@@ -276,6 +276,10 @@ def test_an_unfinished_run_of_another_configuration_is_not_resumed(env: dict[str
     assert "unfinished run of record-ae-other with another configuration" in result.stderr
     assert "--fresh" in result.stderr
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    fresh = run_cli("train", path, "--fresh", "--json")
+    assert fresh.exit_code == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["resumed_from_epoch"] is None
+    assert json.loads((run_dir / "state.json").read_text())["status"] == "finished"
 
 
 def test_mlflow_models_serve_answers_invocations(env: dict[str, str], trained: dict[str, Any],

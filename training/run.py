@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -180,6 +181,7 @@ def train(
     import lightning as L
     import mlflow
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from vbes.datasets.torchdata import split_of
@@ -246,6 +248,10 @@ def train(
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     experiment_id = _experiment_id(client, config["registry"]["experiment"], settings.mlflow_artifacts)
     tags = lineage_tags(lineage, config_sha, config["family"])
+    if not resume and state and state.get("status") == "running" and state.get("run_id"):
+        # the unfinished run this one replaces (--fresh, or killed before its first checkpoint)
+        with contextlib.suppress(MlflowException):  # a run that the store no longer knows
+            client.set_terminated(str(state["run_id"]), "KILLED")
     if resume and state:
         run_id = str(state["run_id"])
         echo(f"resuming {config['name']} from {last} (MLflow run {run_id})")
@@ -268,7 +274,7 @@ def train(
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             from mlflow.entities import Metric
 
-            now = int(__import__("time").time() * 1000)
+            now = int(time.time() * 1000)
             metrics = [Metric(k, float(v), now, trainer.current_epoch) for k, v in trainer.callback_metrics.items()]
             metrics.append(Metric("epoch", float(trainer.current_epoch), now, trainer.current_epoch))
             client.log_batch(run_id, metrics=metrics)
