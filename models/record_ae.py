@@ -66,6 +66,7 @@ class RecordAutoencoder(ModelFamily):
     x_std: torch.Tensor
     int_lo: torch.Tensor
     int_hi: torch.Tensor
+    angle_low: torch.Tensor
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(config)
@@ -81,6 +82,7 @@ class RecordAutoencoder(ModelFamily):
         n_int = len(records.INTEGER_COLUMNS)
         self.register_buffer("int_lo", torch.full((n_int,), -(2**15), dtype=torch.int64))
         self.register_buffer("int_hi", torch.full((n_int,), 2**15 - 1, dtype=torch.int64))
+        self.register_buffer("angle_low", torch.full((len(records.ANGLES),), -np.pi, dtype=torch.float64))
         self.card.inputs = _column_info()
         self.card.outputs = _column_info()
         self.card.notes = [
@@ -109,8 +111,11 @@ class RecordAutoencoder(ModelFamily):
         ints = [np.asarray(tracks[c]).astype(np.int64) for c in records.INTEGER_COLUMNS]
         self.int_lo.copy_(torch.as_tensor([int(v.min()) for v in ints]))
         self.int_hi.copy_(torch.as_tensor([int(v.max()) for v in ints]))
+        flat = records.flatten(tracks)
+        # an angle stored in [0, 2π) in the training data comes back in [0, 2π)
+        self.angle_low.copy_(torch.as_tensor([0.0 if flat[a].min() >= 0 else -np.pi for a in records.ANGLES]))
         ranges = {}
-        for name, values in records.flatten(tracks).items():
+        for name, values in flat.items():
             finite = np.asarray(values, dtype=np.float64)
             finite = finite[np.isfinite(finite)]
             ranges[name] = [float(finite.min()), float(finite.max())] if finite.size else None
@@ -193,7 +198,8 @@ class RecordAutoencoder(ModelFamily):
         x = (x_hat * self.x_std + self.x_mean).double().cpu().numpy()
         flags = (flag_logits > 0).cpu().numpy()
         classes = {k: v.argmax(dim=1).cpu().numpy() for k, v in logits.items()}
-        return records.from_model(x, flags, classes, self._integer_range())
+        angle_low = dict(zip(records.ANGLES, self.angle_low.tolist()))
+        return records.from_model(x, flags, classes, self._integer_range(), angle_low)
 
     def records_of(self, tables: Tables) -> dict[str, np.ndarray]:
         return records.flatten(tables["tracks"])

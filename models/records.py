@@ -28,6 +28,7 @@ import numpy as np
 from vbes.datasets.schema import TABLES, pack_symmetric, unpack_symmetric
 
 __all__ = [
+    "ANGLES",
     "CATEGORIES",
     "COORDINATES",
     "FLAGS",
@@ -108,6 +109,8 @@ def _coordinate_names() -> tuple[str, ...]:
 
 #: names of the continuous coordinates, in column order of ``ModelSpace.x``
 COORDINATES = _coordinate_names()
+#: the angles, by scalar name (``helix_1`` is φ0), in the order of ``angle_low``
+ANGLES = tuple(s.name for s in _SCALARS if s.transform == "angle")
 #: names of the binary flags, in column order of ``ModelSpace.flags``
 FLAGS = tuple(f"{s.name}.{s.flag}" for s in _SCALARS if s.flag)
 
@@ -221,6 +224,7 @@ def from_model(
     flags: np.ndarray,
     classes: Mapping[str, np.ndarray],
     integer_range: Mapping[str, tuple[int, int]] | None = None,
+    angle_low: Mapping[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Physical track columns (the schema's dtypes) from model coordinates; inverse of :func:`to_model`.
 
@@ -229,6 +233,8 @@ def from_model(
         flags: ``(n, len(FLAGS))`` flags, true where ``> 0.5``.
         classes: ``{column: class index}`` of :data:`CATEGORIES`.
         integer_range: ``{column: (lo, hi)}`` the integer columns are clipped to (the training domain).
+        angle_low: ``{angle: lo}`` -- each angle (:data:`ANGLES`) comes back in ``[lo, lo + 2π)``; default -π
+            (a real DST stores φ0 in [0, 2π), the simulation in [-π, π)).
     """
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
@@ -240,7 +246,8 @@ def from_model(
     flag_col = 0
     for s in _SCALARS:
         if s.transform == "angle":
-            value = np.arctan2(x[:, col + 1], x[:, col])
+            lo = (angle_low or {}).get(s.name, -np.pi)
+            value = lo + np.mod(np.arctan2(x[:, col + 1], x[:, col]) - lo, 2 * np.pi)
             col += 2
         else:
             u = x[:, col]
