@@ -206,7 +206,9 @@ class ModelFamily(L.LightningModule):
         n = next(iter(batch.values())).shape[0]
         for key, value in terms.items():
             name = f"{stage}_loss" if key == "loss" else f"{stage}_{key}"
-            self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=n, prog_bar=key == "loss")
+            # sync_dist: under DDP every process logs the mean over all processes (a no-op on one)
+            self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=n, prog_bar=key == "loss",
+                     sync_dist=True)
         return terms["loss"]
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

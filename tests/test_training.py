@@ -329,3 +329,25 @@ def test_mlflow_models_serve_answers_invocations(env: dict[str, str], trained: d
         server.wait(timeout=30)
     assert len(predictions) == 4
     assert all(abs(p["cos_theta"]) <= 1 and p["charge"] in (-1, 1) for p in predictions)
+
+
+def test_two_process_ddp_on_cpu_trains_tracks_and_registers_once(env: dict[str, str], tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    config = yaml.safe_load(SMOKE.read_text())
+    config["name"] = "record-ae-ddp"
+    config["trainer"].update({"devices": 2, "strategy": "ddp", "max_epochs": 2})
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "vbes.cli", "train", str(path), "--json"], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=gloo" in proc.stderr
+    result = json.loads(proc.stdout)  # one JSON document: the second process prints nothing
+    client = MlflowClient(tracking_uri=_tracking_uri(env), registry_uri=_tracking_uri(env))
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["vbes.world_size"] == "2" and run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(result["run_id"], "val_loss")) == [0, 1]
+    versions = client.search_model_versions(f"name='{result['model_name']}'")
+    assert [str(v.version) for v in versions] == [result["version"]]
+    assert str(client.get_model_version_by_alias(result["model_name"], "candidate").version) == result["version"]

@@ -20,7 +20,7 @@ def train_cmd(config: Path, fresh: bool, as_json: bool) -> None:
     from vbes.training.run import train
 
     result = train(config, settings_from_context(), fresh=fresh, echo=lambda line: click.echo(line, err=as_json))
-    if as_json:
+    if as_json and result.rank == 0:
         emit(result.as_dict(), True)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -42,6 +43,7 @@ class TrainResult:
     """What a finished run produced."""
 
     run_id: str
+    rank: int
     model_name: str
     version: str
     model_uri: str
@@ -135,6 +137,37 @@ class _DictDataset(Dataset[dict[str, Any]]):
         return {k: v[i] for k, v in self.tensors.items()}
 
 
+class _EpochMetrics(L.Callback):
+    """Every epoch's aggregated metrics to the MLflow run, at step = epoch (from the rank-0 process only)."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.first_epoch: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.first_epoch = int(trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.client is None or not trainer.is_global_zero:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        epoch = int(trainer.current_epoch)
+        metrics = [Metric(k, float(v), now, epoch) for k, v in trainer.callback_metrics.items()]
+        metrics.append(Metric("epoch", float(epoch), now, epoch))
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def _global_rank(trainer_cfg: Mapping[str, Any]) -> int:
+    """This process's rank in a DDP run (0 outside one): Lightning's launcher and torchrun set these."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return int(os.environ.get("NODE_RANK", "0")) * int(trainer_cfg["devices"]) + local
+
+
 def _read_state(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -178,7 +211,6 @@ def train(
         TrainingConfigError: the configuration is invalid.
         TrainingError: an unfinished run of this name has another configuration (and not ``fresh``).
     """
-    import lightning as L
     import mlflow
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from mlflow.exceptions import MlflowException
@@ -191,6 +223,12 @@ def train(
 
     config = load_config(config_path)
     get_family(config["family"])  # an unknown family fails before any data is read
+    trainer_cfg = config["trainer"]
+    # under DDP every process runs this function; only rank 0 keeps the state, tracks and registers
+    rank = _global_rank(trainer_cfg)
+    lead = rank == 0
+    if not lead:
+        echo = _silent
     settings = settings or load_settings()
     settings.ensure_home()
     run_dir = Path(settings.home) / "training" / config["name"]
@@ -205,11 +243,10 @@ def train(
             f"an unfinished run of {config['name']} with another configuration is in {run_dir}; "
             "run again with --fresh to discard it"
         )
-    if not resume and ckpt_dir.exists():
+    if lead and not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    trainer_cfg = config["trainer"]
     if trainer_cfg.get("threads"):
         torch.set_num_threads(int(trainer_cfg["threads"]))
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -243,49 +280,38 @@ def train(
                                                           generator=loader_seed)
     val_loader: DataLoader[dict[str, Any]] = DataLoader(val_set, batch_size=batch)
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
-    experiment_id = _experiment_id(client, config["registry"]["experiment"], settings.mlflow_artifacts)
-    tags = lineage_tags(lineage, config_sha, config["family"])
-    if not resume and state and state.get("status") == "running" and state.get("run_id"):
-        # the unfinished run this one replaces (--fresh, or killed before its first checkpoint)
-        with contextlib.suppress(MlflowException):  # a run that the store no longer knows
-            client.set_terminated(str(state["run_id"]), "KILLED")
-    if resume and state:
-        run_id = str(state["run_id"])
-        echo(f"resuming {config['name']} from {last} (MLflow run {run_id})")
-    else:
-        run_id = client.create_run(experiment_id, run_name=config["name"], tags=tags).info.run_id
-        echo(f"training {config['name']} ({config['family']}): {len(train_set)} training, {len(val_set)} "
-             f"validation rows; MLflow run {run_id} at {settings.mlflow_tracking_uri}")
-        for key, value in _flat_params(config).items():
-            client.log_param(run_id, key, value)
-    _write_state(state_path, {"run_id": run_id, "config_sha256": config_sha, "status": "running"})
-
-    class _EpochMetrics(L.Callback):
-        """Every epoch's aggregated metrics to the MLflow run, at step = epoch."""
-
-        first_epoch: int | None = None
-
-        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            self.first_epoch = int(trainer.current_epoch)
-
-        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            metrics = [Metric(k, float(v), now, trainer.current_epoch) for k, v in trainer.callback_metrics.items()]
-            metrics.append(Metric("epoch", float(trainer.current_epoch), now, trainer.current_epoch))
-            client.log_batch(run_id, metrics=metrics)
-
-    epoch_metrics = _EpochMetrics()
+    client: Any = None
+    run_id = ""
+    tags: dict[str, str] = {}
+    if lead:
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+        client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+        experiment_id = _experiment_id(client, config["registry"]["experiment"], settings.mlflow_artifacts)
+        tags = lineage_tags(lineage, config_sha, config["family"])
+        if not resume and state and state.get("status") == "running" and state.get("run_id"):
+            # the unfinished run this one replaces (--fresh, or killed before its first checkpoint)
+            with contextlib.suppress(MlflowException):  # a run that the store no longer knows
+                client.set_terminated(str(state["run_id"]), "KILLED")
+        if resume and state:
+            run_id = str(state["run_id"])
+            echo(f"resuming {config['name']} from {last} (MLflow run {run_id})")
+        else:
+            run_id = client.create_run(experiment_id, run_name=config["name"], tags=tags).info.run_id
+            echo(f"training {config['name']} ({config['family']}): {len(train_set)} training, {len(val_set)} "
+                 f"validation rows; MLflow run {run_id} at {settings.mlflow_tracking_uri}")
+            for key, value in _flat_params(config).items():
+                client.log_param(run_id, key, value)
+        _write_state(state_path, {"run_id": run_id, "config_sha256": config_sha, "status": "running"})
+    epoch_metrics = _EpochMetrics(client, run_id)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
                                  save_top_k=1, save_last=True, enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=int(trainer_cfg["max_epochs"]),
         accelerator=trainer_cfg["accelerator"],
         devices=int(trainer_cfg["devices"]),
+        strategy=trainer_cfg["strategy"],
+        num_nodes=int(trainer_cfg["num_nodes"]),
         callbacks=[EarlyStopping("val_loss", patience=int(trainer_cfg["early_stopping_patience"])),
                    checkpoint, epoch_metrics],
         deterministic=True,
@@ -300,6 +326,9 @@ def train(
     with _quiet_lightning(), contextlib.redirect_stdout(sys.stderr):
         trainer.fit(model, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     resumed_from = epoch_metrics.first_epoch if resume else None
+    if not lead:
+        return TrainResult("", rank, config["registry"]["model_name"], "", "", run_dir, resumed_from,
+                           int(trainer.current_epoch), float("nan"))
     best_path = Path(checkpoint.best_model_path or last)
     # weights_only: the checkpoint's tensors and plain values are read without unpickling code
     best = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -308,6 +337,7 @@ def train(
     best_loss = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan")
     model.card.training_domain["best_val_loss"] = best_loss
 
+    client.set_tag(run_id, "vbes.world_size", str(trainer.world_size))
     version = _register(client, run_id, config, model, train_tables, lineage, tags, run_dir, settings)
     client.set_terminated(run_id, "FINISHED")
     _write_state(state_path, {"run_id": run_id, "config_sha256": config_sha, "status": "finished",
@@ -316,7 +346,12 @@ def train(
     uri = f"models:/{name}@{CANDIDATE_ALIAS}"
     echo(f"registered {name} version {version} as {uri} (best val_loss {best_loss:.4g}, "
          f"{trainer.current_epoch} epochs)")
-    return TrainResult(run_id, name, version, uri, run_dir, resumed_from, int(trainer.current_epoch), best_loss)
+    return TrainResult(run_id, rank, name, version, uri, run_dir, resumed_from, int(trainer.current_epoch),
+                       best_loss)
+
+
+def _silent(line: str) -> None:
+    """The ``echo`` of processes other than rank 0."""
 
 
 def _widened(values: np.ndarray) -> np.ndarray:
