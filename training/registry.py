@@ -64,6 +64,18 @@ def _version_dict(name: str, mv: Any, aliases: dict[str, str]) -> dict[str, Any]
     }
 
 
+def _all_pages(search: Any, *args: Any) -> list[Any]:
+    """Every result of an MLflow search, page after page."""
+    results: list[Any] = []
+    token = None
+    while True:
+        page = search(*args, page_token=token)
+        results.extend(page)
+        token = page.token
+        if not token:
+            return results
+
+
 def list_models(tracking_uri: str) -> dict[str, Any]:
     """Every registered model of the tracking store, with versions, aliases and lineage.
 
@@ -74,9 +86,9 @@ def list_models(tracking_uri: str) -> dict[str, Any]:
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     models = []
-    for rm in client.search_registered_models():
+    for rm in _all_pages(client.search_registered_models):
         aliases = {a: str(v) for a, v in (rm.aliases or {}).items()}
-        versions = client.search_model_versions(f"name='{rm.name}'")
+        versions = _all_pages(client.search_model_versions, f"name='{rm.name}'")
         models.append({
             "name": rm.name,
             "aliases": {f"models:/{rm.name}@{a}": v for a, v in sorted(aliases.items())},

@@ -211,18 +211,30 @@ def train(
         TrainingConfigError: the configuration is invalid.
         TrainingError: an unfinished run of this name has another configuration (and not ``fresh``).
     """
+    from vbes.models import get_family
+
+    config = load_config(config_path)
+    get_family(config["family"])  # an unknown family fails before any data is read
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, settings, fresh, echo)
+    finally:
+        # the configuration's thread count holds for the run, not for the rest of the calling process
+        torch.set_num_threads(threads)
+
+
+def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[str], None]) -> TrainResult:
+    """:func:`train` after the configuration was read."""
     import mlflow
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from vbes.datasets.torchdata import split_of
-    from vbes.models import build, get_family
+    from vbes.models import build
     from vbes.settings import load_settings
     from vbes.training.data import load_training_data, select_events
 
-    config = load_config(config_path)
-    get_family(config["family"])  # an unknown family fails before any data is read
     trainer_cfg = config["trainer"]
     # under DDP every process runs this function; only rank 0 keeps the state, tracks and registers
     rank = _global_rank(trainer_cfg)
