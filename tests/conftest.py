@@ -101,3 +101,28 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.sqlite'}"
     return request.getfixturevalue("pg_url")
+
+
+def _simulated(factory: pytest.TempPathFactory, channel: str, seed: int) -> Path:
+    """300 simulated events of ``channel`` (Pythia 8 + detector response), with their own calibration store."""
+    from vbes.calibration import CalibrationStore
+    from vbes.datasets import generate_sample
+
+    folder = factory.mktemp(f"{channel}-sample")
+    with CalibrationStore(f"sqlite:///{folder / 'calibration.sqlite'}") as store:
+        store.init_defaults()
+        return generate_sample(channel, 300, folder / f"jpsi-{channel}.h5", runs=(-10000, -9001), seed=seed,
+                               store=store)
+
+
+@pytest.fixture(scope="session")
+def rhopi_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny simulated J/psi -> rho pi event file (300 events, seed 1), made once per session; named as
+    `vbes demo` names its samples."""
+    return _simulated(tmp_path_factory, "rhopi", 1)
+
+
+@pytest.fixture(scope="session")
+def mumu_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny simulated J/psi -> mu mu event file (300 events, seed 2)."""
+    return _simulated(tmp_path_factory, "mumu", 2)

@@ -35,6 +35,8 @@ _COMMANDS: dict[str, str] = {
     "export-root": "vbes.datasets.cli:export_root",
     "archive": "vbes.archive.cli:archive",
     "evaluate": "vbes.evaluation.cli:evaluate",
+    "train": "vbes.training.cli:train_cmd",
+    "models": "vbes.training.cli:models",
 }
 
 

@@ -41,6 +41,12 @@ __all__ = [
     "EvaluationError",
     "InsufficientSample",
     "GateFailed",
+    # models and training
+    "ModelError",
+    "CorruptModelError",
+    "UnknownFamily",
+    "TrainingError",
+    "TrainingConfigError",
 ]
 
 
@@ -193,3 +199,26 @@ class InsufficientSample(EvaluationError):
 
 class GateFailed(EvaluationError):
     """An evaluation did not pass its gate file."""
+
+
+# --- models and training ---------------------------------------------------------------------------------
+
+
+class ModelError(VbesError):
+    """Base of model errors: a family asked for an operation it does not define, bad hyper-parameters, ..."""
+
+
+class CorruptModelError(ModelError):
+    """A saved model's files do not match what its ``model.json`` records (format, tensors, SHA-256)."""
+
+
+class UnknownFamily(ModelError, NotFound):
+    """No model family of that name is registered."""
+
+
+class TrainingError(VbesError):
+    """A training run cannot start or continue (no data, an unfinished run of another configuration, ...)."""
+
+
+class TrainingConfigError(TrainingError, ConfigError):
+    """A training configuration file is not valid against its schema."""
