@@ -11,7 +11,7 @@ into other tables, which a codec keeps losslessly) maps onto
 * **flags** (binary): "not measured" (NaN) per value of a NaN-allowed column, and "exactly zero" for
   ``emc_energy`` (no matched shower) and ``muc_depth`` (no muon-counter hit) -- the spikes of the data;
 * **classes**: ``charge`` (-1, +1; also the sign of κ) and ``mass_hypothesis`` (e, μ, π, K, p);
-* **integers** (``dedx_nhits``, ``fit_ndof``, ``mdc_layers``): continuous coordinates, rounded and clipped to
+* **integers** (``dedx_nhits``, ``fit_ndof``, ``mdc_layers``, ``mdc_first_layer``, ``mdc_last_layer``): continuous coordinates, rounded and clipped to
   the training domain on the way back.
 
 :func:`to_model` and :func:`from_model` are exact inverses on every column up to float32 rounding of the
@@ -46,7 +46,7 @@ _FIELDS = {f.name: f for f in TABLES["tracks"]}
 MODELLED_COLUMNS = tuple(f.name for f in TABLES["tracks"] if f.index_into is None)
 #: class columns and their values, in class-index order
 CATEGORIES: dict[str, tuple[int, ...]] = {"charge": (-1, 1), "mass_hypothesis": (0, 1, 2, 3, 4)}
-INTEGER_COLUMNS = ("dedx_nhits", "fit_ndof", "mdc_layers")
+INTEGER_COLUMNS = ("dedx_nhits", "fit_ndof", "mdc_layers", "mdc_first_layer", "mdc_last_layer")
 _COV_N = 5
 _EPS_COS = 1e-7
 # exp and sinh arguments are clipped so that every decoded value fits float32 (no inf, no overflow)
@@ -95,6 +95,12 @@ _SCALARS: list[_Scalar] = [
     _Scalar("dedx_ph", None, "asinh", "nan", nonneg=True),
     *[_Scalar(c, None, "identity") for c in INTEGER_COLUMNS],
 ]
+
+
+# a field added to the layout must be given a representation here, or it would be dropped without a word
+_UNCOVERED = set(MODELLED_COLUMNS) - {s.column for s in _SCALARS} - set(CATEGORIES) - {"helix_cov"}
+if _UNCOVERED:
+    raise ImportError(f"vbes.models.records: tracks columns without a model coordinate: {sorted(_UNCOVERED)}")
 
 
 def _coordinate_names() -> tuple[str, ...]:
