@@ -11,8 +11,8 @@ into other tables, which a codec keeps losslessly) maps onto
 * **flags** (binary): "not measured" (NaN) per value of a NaN-allowed column, and "exactly zero" for
   ``emc_energy`` (no matched shower) and ``muc_depth`` (no muon-counter hit) -- the spikes of the data;
 * **classes**: ``charge`` (-1, +1; also the sign of κ) and ``mass_hypothesis`` (e, μ, π, K, p);
-* **integers** (``dedx_nhits``, ``fit_ndof``, ``mdc_layers``, ``mdc_first_layer``, ``mdc_last_layer``): continuous coordinates, rounded and clipped to
-  the training domain on the way back.
+* **integers** (``dedx_nhits``, ``fit_ndof``, ``mdc_layers``, ``mdc_first_layer``, ``mdc_last_layer``):
+  continuous coordinates, rounded and clipped to the training domain on the way back.
 
 :func:`to_model` and :func:`from_model` are exact inverses on every column up to float32 rounding of the
 continuous values.
