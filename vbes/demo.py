@@ -187,6 +187,18 @@ def _step_archive(settings: Settings, state: dict[str, Any]) -> None:
     archive_step(settings, files=files, scope="demo")
 
 
+def _step_train(settings: Settings, state: dict[str, Any]) -> None:
+    from vbes.training import train
+
+    configs = resources.files("vbes.training") / "configs"
+    for name in ("smoke-record-ae.yaml", "smoke-track-flow.yaml"):
+        with resources.as_file(configs / name) as config:
+            result = train(config, settings, echo=lambda line: None)
+        click.echo(f"   {result.model_uri} = version {result.version} "
+                   f"(MLflow run {result.run_id[:12]}, {result.epochs} epochs, best validation loss "
+                   f"{result.best_val_loss:.3f}); smoke settings: not trained to any quality gate")
+
+
 def _step_evaluate(settings: Settings, state: dict[str, Any]) -> None:
     from vbes.evaluation import demo_step
 
@@ -198,6 +210,7 @@ STEPS: list[tuple[str, Callable[[Settings, dict[str, Any]], None]]] = [
     ("calibration store: import the talk's table, build the simulation tag", _step_calibration),
     ("reference samples: Pythia 8 + BESIII-like detector response, one per channel", _step_generate),
     ("archive: checksummed, replicated on hot and cold tiers, audited", _step_archive),
+    ("models: smoke training of the record autoencoder and the track flow, registered in MLflow", _step_train),
     ("evaluation: two independent mumu samples, reference vs reference", _step_evaluate),
 ]
 
