@@ -250,7 +250,7 @@ def _permutation_mmd2(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def kpd(
     sample: np.ndarray,
     reference: np.ndarray,
-    batch_size: int = 2000,
+    batch_size: int = 1000,
     n_batches: int = 5,
     n_permutations: int = 200,
     seed: int = 0,

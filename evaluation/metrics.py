@@ -447,9 +447,12 @@ class SortedReference:
     def gaussianised(self, values: np.ndarray) -> np.ndarray:
         """``Phi^-1`` of the reference's mid-rank CDF at each value (NaN stays NaN): a rank-Gauss transform."""
         out = np.full(values.shape, np.nan)
-        ok = np.isfinite(values)
+        ok = np.flatnonzero(np.isfinite(values))
+        # sorted queries: the binary searches then walk the reference in order (several times faster)
+        ok = ok[np.argsort(values[ok], kind="stable")]
+        queries = values[ok]
         n = self.sorted.size
-        mid = (np.searchsorted(self.sorted, values[ok], "left") + np.searchsorted(self.sorted, values[ok], "right"))
+        mid = np.searchsorted(self.sorted, queries, "left") + np.searchsorted(self.sorted, queries, "right")
         out[ok] = stats.norm.ppf(np.clip(mid / (2.0 * n), 0.5 / n, 1 - 0.5 / n))
         return out
 
@@ -468,12 +471,14 @@ def correlation_variances(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = x.shape[0]
     sd = x.std(axis=0)
     sd[sd == 0] = np.inf
-    z = (x - x.mean(axis=0)) / sd
+    # float32 products (twice as fast) of standardised columns: r to ~1e-6, far below its statistical error
+    z = ((x - x.mean(axis=0)) / sd).astype(np.float32)
     z2 = z * z
     r = z.T @ z / n
     m22 = z2.T @ z2 / n
     m31 = (z2 * z).T @ z / n  # E[z_i^3 z_j]
     m4 = np.mean(z2 * z2, axis=0)
+    r, m22, m31, m4 = (np.asarray(v, dtype=np.float64) for v in (r, m22, m31, m4))
     var = (m22 - r * (m31 + m31.T) + r * r / 4 * (m4[:, None] + m4[None, :] + 2 * m22)) / n
     return r, np.clip(var, 0.0, None)
 

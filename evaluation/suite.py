@@ -435,6 +435,8 @@ class _Reference:
         self.resolutions = {name: table.resolution(name, table.values[:, i]) for i, name in enumerate(table.names)}
         self.design = Design(table, self.sorted)
         self.design_values = self.design.matrix(table.values)
+        # presence per feature as contiguous rows: a split's rows are gathered from each without striding
+        self.present = np.ascontiguousarray(np.isfinite(table.values).T)
         self.observable_edges: dict[str, Any] = {
             o.name: fixed_edges(o)
             for o in b.observables
@@ -502,9 +504,16 @@ def _feature_tests(
         key = f"features/{name}"
         pa, pb = present_a(i), present_b(i)
         k_a, k_b = int(pa.sum()), int(pb.sum())
+        which = "sample" if k_a < k_b else "reference"
         try:
-            metrics.require_events("chi2", min(k_a, k_b), "sample" if k_a < k_b else "reference")
-            out.update(_feature_values(name, compare(name, i), ref.sorted[name], ref.resolutions.get(name)))
+            metrics.require_events("w1", min(k_a, k_b), which)
+            values = _feature_values(name, compare(name, i), ref.sorted[name], ref.resolutions.get(name))
+            try:
+                metrics.require_events("chi2", min(k_a, k_b), which)
+            except InsufficientSample as exc:
+                skipped[f"{key}/chi2_ndf"] = str(exc)
+                values = {k: v for k, v in values.items() if k.endswith(("/w1", "/ks"))}
+            out.update(values)
         except InsufficientSample as exc:
             skipped[key] = str(exc)
         if k_a == pa.size and k_b == pb.size:
@@ -690,17 +699,16 @@ def _evaluate(
         """One comparison: the test (label None: x against reference rows y_rows) or a null split."""
         results: dict[str, MetricValue] = {}
         t = time.perf_counter()
-        bv = b.features.values
         if label is None:
             xv = x.features.values
             results.update(_feature_tests(
-                ref, names, lambda i: np.isfinite(xv[:, i]), lambda i: np.isfinite(bv[y_rows, i]),
+                ref, names, lambda i: np.isfinite(xv[:, i]), lambda i: ref.present[i][y_rows],
                 lambda name, i: ref.sorted[name].compare(xv[:, i], y_rows), scratch))
             design_a, design_b = ref.design.matrix(xv), ref.design_values[y_rows]
         else:
             first, second = np.flatnonzero(label == 1), np.flatnonzero(label == 2)
             results.update(_feature_tests(
-                ref, names, lambda i: np.isfinite(bv[first, i]), lambda i: np.isfinite(bv[second, i]),
+                ref, names, lambda i: ref.present[i][first], lambda i: ref.present[i][second],
                 lambda name, i: ref.sorted[name].compare_split(label), scratch))
             design_a, design_b = ref.design_values[first], ref.design_values[second]
         timings["features"] = timings.get("features", 0.0) + time.perf_counter() - t
