@@ -153,7 +153,10 @@ def _pair_figures(evaluation: Evaluation, samples: tuple[Sample, Sample], n_pair
     diff = np.abs(np.asarray(corr["difference"]))
     names = corr["names"]
     iu = np.triu_indices(len(names), 1)
-    order = np.argsort(diff[iu])[::-1][:n_pairs]
+    # pairs of features (a presence indicator has no 2-D histogram worth drawing)
+    features = np.array([not name.startswith("present(") for name in names])
+    ranked = np.where(features[iu[0]] & features[iu[1]], diff[iu], -1.0)
+    order = [k for k in np.argsort(ranked)[::-1][:n_pairs] if ranked[k] >= 0]
     a, b = samples
     images = []
     for k in order:
@@ -178,8 +181,8 @@ def _observable_figures(evaluation: Evaluation, samples: tuple[Sample, Sample]) 
     a, b = samples
     images = []
     for obs_a, obs_b in zip(a.observables, b.observables):
-        fig = Figure(figsize=(5, 4.4))
-        ax, ratio_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
+        fig = Figure(figsize=(5, 4.4), layout="constrained")
+        ax, ratio_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
         if obs_a.kind == "spectrum2d":
             fig = Figure(figsize=(8, 3.4))
             axes = fig.subplots(1, 2)
@@ -230,7 +233,8 @@ def _observable_figures(evaluation: Evaluation, samples: tuple[Sample, Sample]) 
                 if obs_a.expected is not None:
                     ax.axvline(obs_a.expected, color="black", linewidth=0.8, label="PDG")
             ax.legend(loc="upper right")
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
         images.append((obs_a.name, _png(fig)))
     return images
 

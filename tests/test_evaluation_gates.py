@@ -17,9 +17,7 @@ from vbes.errors import ConfigError, GateFailed, NotFound
 # mlflow.pyfunc warns about its own type hints at import time; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning")
 
-CONFIG = EvaluationConfig(
-    null_trials=6, distance_null_trials=3, classifier_null_trials=2, classifier_folds=2, classifier_max_iter=50
-)
+CONFIG = EvaluationConfig(null_trials=0, classifier_folds=2, classifier_max_iter=50, permutations=100)
 
 
 def test_default_gate_file_is_valid_and_packaged() -> None:
@@ -163,14 +161,10 @@ def test_cli_exits_nonzero_when_a_gate_fails(run_cli, tmp_path: Path) -> None:
     common = (
         "--reference",
         tmp_path / "ref.npy",
-        "--null-trials",
-        "5",
-        "--distance-null-trials",
-        "3",
-        "--classifier-null-trials",
-        "2",
         "--folds",
         "2",
+        "--permutations",
+        "100",
         "--gate",
         DEFAULT_GATE_FILE,
     )
