@@ -117,7 +117,8 @@ def speed(args: argparse.Namespace) -> None:
         result, total, report_s = _timed_report(sample, reference, config, "numeric")
         print("\nnumeric tables: stage timings")
         _print_stages(result, report_s)
-        print(f"  events per sample {result.n_used}, classifier {result.n_classifier} ({config.classifier_folds}-fold), "
+        print(f"  events per sample {result.n_used}, classifier {result.n_classifier} "
+              f"({config.classifier_folds}-fold), "
               f"{len(result.tests)} tests / {result.n_hypotheses} hypotheses, failed {len(result.failed)}")
         totals["numeric"] = (total, BUDGET_NUMERIC_S, f"{args.events} vs {args.events} x {args.features} features")
         n = result.n_used
@@ -205,7 +206,8 @@ def calibration(args: argparse.Namespace) -> None:
             results.append(out)
             if (i + 1) % 25 == 0:
                 print(f"  {i + 1}/{len(jobs)} evaluations, {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"\n{len(jobs)} evaluations at {args.calibration_events} events per sample in {time.perf_counter() - t0:.0f} s "
+    print(f"\n{len(jobs)} evaluations at {args.calibration_events} events per sample in "
+          f"{time.perf_counter() - t0:.0f} s "
           f"({args.workers} workers; median {np.median([r['seconds'] for r in results]):.1f} s per evaluation)")
 
     print(f"\nFamily-wise false-alarm rate (alpha = {ALPHA:g}, target [{ALPHA / 4:g}, {ALPHA:g}])")

@@ -210,7 +210,8 @@ def fpd(
     for row in permuted:
         row[rng.choice(2 * n_blocks, n_blocks, replace=False)] = 1
     mean_p, cov_p = blocks.gaussians(np.concatenate([permuted, 1 - permuted]))
-    null = _frechet_many(mean_p[:n_permutations], cov_p[:n_permutations], mean_p[n_permutations:], cov_p[n_permutations:])
+    k = n_permutations
+    null = _frechet_many(mean_p[:k], cov_p[:k], mean_p[k:], cov_p[k:])
     return _result(float(intercept), error, len(a), statistic, null)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from vbes.evaluation import metrics
 from vbes.evaluation.classifier import classifier_test
 from vbes.evaluation.distances import fpd, kpd
@@ -401,7 +401,9 @@ class Design:
         present = np.isfinite(values)
         names = reference.names
         self.sorted = [sorted_columns[name] for name in names]
-        self.columns = [i for i, column in enumerate(self.sorted) if column.sorted.size and column.sorted[-1] > column.sorted[0]]
+        self.columns = [
+            i for i, column in enumerate(self.sorted) if column.sorted.size and column.sorted[-1] > column.sorted[0]
+        ]
         seen: set[bytes] = set()
         self.indicators: list[int] = []
         for i in range(values.shape[1]):
@@ -749,7 +751,8 @@ def _evaluate(
         null_runs = []
         for k, (first, second) in enumerate(null_splits(len(b), n, n_splits, seed=config.seed + 1), start=1):
             heavy = (k <= config.distance_null_trials, k <= config.classifier_null_trials)
-            say(f"null split {k}/{n_splits}" + (" (+ distances)" if heavy[0] else "") + (" (+ classifier)" if heavy[1] else ""))
+            extra = (" (+ distances)" if heavy[0] else "") + (" (+ classifier)" if heavy[1] else "")
+            say(f"null split {k}/{n_splits}{extra}")
             label = np.zeros(len(b), dtype=np.int8)
             label[first], label[second] = 1, 2
             null_runs.append(run(b, second, label, k, heavy, {})[0])

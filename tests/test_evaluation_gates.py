@@ -185,8 +185,11 @@ def test_cli_gate_decides_the_exit_status_of_a_surrogate(run_cli, tmp_path: Path
     np.save(tmp_path / "ref.npy", rng.normal(size=(12_000, 2)))
     np.save(tmp_path / "model.npy", rng.normal([0.15, 0.0], 1, (6000, 2)))
     gate_file = tmp_path / "gates.yaml"
-    gate_file.write_text("version: 1\nfamilies:\n  surrogate:\n    default:\n      - {metric: classifier/auc, max: 0.6}\n")
-    common = ("--reference", tmp_path / "ref.npy", "--folds", "2", "--permutations", "100", "--null-trials", "0", "--json")
+    gate_file.write_text(
+        "version: 1\nfamilies:\n  surrogate:\n    default:\n      - {metric: classifier/auc, max: 0.6}\n"
+    )
+    common = ("--reference", tmp_path / "ref.npy", "--folds", "2", "--permutations", "100", "--null-trials", "0")
+    common += ("--json",)
     plain = run_cli("evaluate", "--sample", tmp_path / "model.npy", "--report", tmp_path / "r1", *common)
     assert plain.exit_code == 1 and json.loads(plain.stdout)["passed"] is False
     gated = run_cli(
