@@ -404,7 +404,7 @@ class SortedReference:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        column = np.asarray(self.column, dtype=np.float64)
+        column = self.column = np.asarray(self.column, dtype=np.float64)
         present = np.flatnonzero(np.isfinite(column))
         self.order = present[np.argsort(column[present], kind="stable")]
         self.sorted = column[self.order]
@@ -447,9 +447,12 @@ class SortedReference:
     def gaussianised(self, values: np.ndarray) -> np.ndarray:
         """``Phi^-1`` of the reference's mid-rank CDF at each value (NaN stays NaN): a rank-Gauss transform."""
         out = np.full(values.shape, np.nan)
-        ok = np.flatnonzero(np.isfinite(values))
-        # sorted queries: the binary searches then walk the reference in order (several times faster)
-        ok = ok[np.argsort(values[ok], kind="stable")]
+        if values is self.column:  # the reference itself: already sorted once
+            ok = self.order
+        else:
+            ok = np.flatnonzero(np.isfinite(values))
+            # sorted queries: the binary searches then walk the reference in order (several times faster)
+            ok = ok[np.argsort(values[ok], kind="stable")]
         queries = values[ok]
         n = self.sorted.size
         mid = np.searchsorted(self.sorted, queries, "left") + np.searchsorted(self.sorted, queries, "right")

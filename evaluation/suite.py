@@ -415,12 +415,15 @@ class Design:
                 self.indicators.append(i)
         self.names = tuple(names[i] for i in self.columns) + tuple(f"present({names[i]})" for i in self.indicators)
 
-    def matrix(self, values: np.ndarray) -> np.ndarray:
-        """The design of a feature array ``(n_events, n_features)`` (same columns as the reference)."""
-        out = np.empty((values.shape[0], len(self.names)))
+    def matrix(self, values: np.ndarray | None = None) -> np.ndarray:
+        """The design of a feature array ``(n_events, n_features)`` (same columns as the reference; None: the
+        reference itself)."""
+        columns = [s.column for s in self.sorted] if values is None else [values[:, i] for i in range(values.shape[1])]
+        out = np.empty((len(columns[0]), len(self.names)))
         for k, i in enumerate(self.columns):
-            out[:, k] = np.nan_to_num(self.sorted[i].gaussianised(values[:, i]), nan=0.0)
-        out[:, len(self.columns) :] = np.isfinite(values[:, self.indicators])
+            out[:, k] = np.nan_to_num(self.sorted[i].gaussianised(columns[i]), nan=0.0)
+        for k, i in enumerate(self.indicators, start=len(self.columns)):
+            out[:, k] = np.isfinite(columns[i])
         return out
 
 
@@ -436,7 +439,7 @@ class _Reference:
             self.sorted[name] = metrics.SortedReference(column, edges, seed)
         self.resolutions = {name: table.resolution(name, table.values[:, i]) for i, name in enumerate(table.names)}
         self.design = Design(table, self.sorted)
-        self.design_values = self.design.matrix(table.values)
+        self.design_values = self.design.matrix()
         # presence per feature as contiguous rows: a split's rows are gathered from each without striding
         self.present = np.ascontiguousarray(np.isfinite(table.values).T)
         self.observable_edges: dict[str, Any] = {
