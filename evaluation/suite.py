@@ -641,7 +641,7 @@ def evaluate(
 
     Example:
         >>> import numpy as np
-        >>> rng = np.random.default_rng(0)
+        >>> rng = np.random.default_rng(1)
         >>> config = EvaluationConfig(null_trials=19, classifier_folds=2, distances=False)
         >>> result = evaluate(rng.normal(size=(3000, 2)), rng.normal(size=(6000, 2)), config=config)
         >>> result.passed, len(result.tests), result.n_hypotheses
