@@ -421,7 +421,8 @@ class SortedReference:
     Args:
         column: the feature over all reference events (NaN = absent).
         edges: fixed bin edges (see :func:`fixed_bins`).
-        seed: seed of the W1 null draws.
+        seed: seed of the W1 null's Brownian bridges (a fixed numerical device: one set of draws, cached, serves
+            every feature and evaluation of a process).
     """
 
     column: np.ndarray

@@ -430,13 +430,13 @@ class Design:
 class _Reference:
     """Everything about the reference that every comparison with it shares (sorted features, bins, nulls)."""
 
-    def __init__(self, b: Sample, seed: int) -> None:
+    def __init__(self, b: Sample) -> None:
         table = b.features
         self.sorted: dict[str, metrics.SortedReference] = {}
         for i, name in enumerate(table.names):
             column = table.values[:, i]
             edges = metrics.fixed_bins(column) if np.isfinite(column).any() else np.array([-np.inf, 0, np.inf])
-            self.sorted[name] = metrics.SortedReference(column, edges, seed)
+            self.sorted[name] = metrics.SortedReference(column, edges)
         self.resolutions = {name: table.resolution(name, table.values[:, i]) for i, name in enumerate(table.names)}
         self.design = Design(table, self.sorted)
         self.design_values = self.design.matrix()
@@ -694,7 +694,7 @@ def _evaluate(
            config.classifier_folds, config.classifier_max_iter, config.distances, config.permutations, config.seed)
     cached = null_cache.get(key) if null_cache is not None else None
     t_ref = time.perf_counter()
-    ref: _Reference = cached[1] if cached is not None else _Reference(b, config.seed)
+    ref: _Reference = cached[1] if cached is not None else _Reference(b)
     timings["reference"] = time.perf_counter() - t_ref
     names = a.features.names
     skipped: dict[str, str] = {}
