@@ -4,14 +4,14 @@ Public API::
 
     from vbes.evaluation import evaluate, EvaluationConfig, write_report, check_gates, promote, fidelity
 
-    result = evaluate("model.h5", "reference.h5")          # every metric, null-calibrated, trials factor applied
+    result = evaluate("model.h5", "reference.h5")          # every test with a calibrated p-value, Holm
     write_report(result, "report/")                         # report.html (figures embedded) + evaluation.json
     check_gates(result.flat(), "gates.yaml", "surrogate")   # thresholds per model family and channel
     promote("rhopi-flow", 3, result, "gates.yaml")          # moves @production only when every gate passed
 
 Modules: :mod:`~vbes.evaluation.metrics` (W1, KS, chi2/ndf, separation power, correlations),
 :mod:`~vbes.evaluation.classifier` (two-sample classifier test), :mod:`~vbes.evaluation.distances` (FPD, KPD),
-:mod:`~vbes.evaluation.null` (null calibration), :mod:`~vbes.evaluation.features` (feature set per channel),
+:mod:`~vbes.evaluation.null` (p-values, Holm, self-check), :mod:`~vbes.evaluation.features` (feature set per channel),
 :mod:`~vbes.evaluation.observables` (physics observables), :mod:`~vbes.evaluation.fidelity` (compression
 fidelity), :mod:`~vbes.evaluation.report`, :mod:`~vbes.evaluation.gates`, :mod:`~vbes.evaluation.distortions`.
 """
@@ -63,14 +63,14 @@ def demo_step(
     from vbes.evaluation.gates import check_gates as _check
 
     folder = Path(report_dir) if report_dir is not None else Path(settings.home) / "reports" / "evaluation"
-    config = EvaluationConfig(null_trials=5, classifier_null_trials=3, classifier_folds=3)
+    config = EvaluationConfig(classifier_folds=3)
     result = evaluate(sample, reference, config=config, progress=lambda m: click.echo(f"   {m}"))
     outcome = _check(result.flat(), None, "reference", result.channel)
     paths = write_report(result, folder, outcome.as_dict())
     auc = result.test("classifier/auc") if any(t.name == "classifier/auc" for t in result.tests) else None
     click.echo(
         f"   {Path(sample).name} vs {Path(reference).name} ({result.channel}): "
-        f"{len(result.tests) - len(result.failed)}/{len(result.tests)} tests passed"
+        f"{result.n_hypotheses - len(result.findings)}/{result.n_hypotheses} hypotheses passed (Holm)"
         + (f", classifier AUC {auc.value:.4f} +- {auc.details['auc_error']:.4f}" if auc else "")
     )
     click.echo(f"   gates ({outcome.family}): {'passed' if outcome.passed else 'FAILED'}")

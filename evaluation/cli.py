@@ -1,5 +1,10 @@
 """``vbes evaluate``: compare a sample with a reference, write the report, apply gates.
 
+Exit status (pytest's convention): 0 when the evaluation passed, 1 when it failed, 2 for bad input or usage
+(unreadable or mismatched files, nothing that could be tested, too few null splits for ``--alpha``). With
+``--gate`` the gates decide between 0 and 1 (their promotion meaning: a surrogate may pass its family's gates
+while failing statistical identity); the report and the JSON are written in every case but the last.
+
 Example::
 
     vbes evaluate --sample model.h5 --reference reference.h5 --report out/ --gate gates.yaml --family surrogate
@@ -50,15 +55,36 @@ __all__ = ["evaluate"]
 @click.option("--channel", default=None, help="Channel of event files (default: read from the files).")
 @click.option(
     "--null-trials",
-    type=click.IntRange(2, 1000),
+    type=click.IntRange(0, 1000),
     default=20,
     show_default=True,
-    help="Reference-vs-reference splits for per-feature metrics, correlations and observables.",
+    help="Reference-vs-reference splits of the self-check (per-feature tests, correlations, observables); they "
+    "decide nothing but must resolve --alpha: at least 1/alpha - 1 (0: no self-check).",
 )
 @click.option(
-    "--distance-null-trials", type=click.IntRange(2, 1000), default=5, show_default=True, help="Splits for FPD and KPD."
+    "--distance-null-trials",
+    type=click.IntRange(0, 1000),
+    default=0,
+    show_default=True,
+    help="Splits on which FPD and KPD are repeated for the self-check (their p-values come from permutations).",
 )
-@click.option("--classifier-null-trials", type=click.IntRange(2, 1000), default=5, show_default=True)
+@click.option(
+    "--classifier-null-trials",
+    type=click.IntRange(0, 1000),
+    default=0,
+    show_default=True,
+    help="Splits on which the classifier is refitted for the self-check (its p-value is exact per fold).",
+)
+@click.option(
+    "--permutations",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="Permutations of the FPD and KPD nulls.",
+)
+@click.option(
+    "--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="BLAS / OpenMP threads."
+)
 @click.option(
     "--classifier-events",
     type=click.IntRange(1000),
@@ -72,7 +98,7 @@ __all__ = ["evaluate"]
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.05,
     show_default=True,
-    help="Family-wise false-alarm probability (split over all tests).",
+    help="Family-wise false-alarm probability (Holm's step-down over the distinct hypotheses).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -86,48 +112,63 @@ def evaluate(
     null_trials: int,
     distance_null_trials: int,
     classifier_null_trials: int,
+    permutations: int,
+    threads: int,
     classifier_events: int,
     folds: int,
     alpha: float,
     seed: int,
     as_json: bool,
 ) -> None:
-    """Compare --sample with --reference: every metric null-calibrated; HTML + JSON report; optional gates."""
+    """Compare --sample with --reference: every test with a calibrated p-value; HTML + JSON report; gates."""
     from vbes.evaluation.gates import check_gates, load_gates
     from vbes.evaluation.report import write_report
     from vbes.evaluation.suite import EvaluationConfig
     from vbes.evaluation.suite import evaluate as run_evaluation
 
-    from vbes.errors import GateFailed
+    from vbes.errors import ConfigError, DatasetError, EvaluationFailed, GateFailed, InsufficientSample, NotFound
+    from vbes.errors import EvaluationInputError, InvalidInput
 
-    if gate_file is not None:
-        load_gates(gate_file)  # a broken gate file fails before minutes of work
-    config = EvaluationConfig(
-        alpha=alpha,
-        null_trials=null_trials,
-        distance_null_trials=distance_null_trials,
-        classifier_null_trials=classifier_null_trials,
-        classifier_events=classifier_events,
-        classifier_folds=folds,
-        seed=seed,
-    )
-    result = run_evaluation(
-        sample_path,
-        reference_path,
-        channel=channel,
-        config=config,
-        progress=lambda message: click.echo(f"evaluate: {message}", err=True),
-    )
+    try:
+        if gate_file is not None:
+            load_gates(gate_file)  # a broken gate file fails before minutes of work
+        config = EvaluationConfig(
+            alpha=alpha,
+            null_trials=null_trials,
+            distance_null_trials=distance_null_trials,
+            classifier_null_trials=classifier_null_trials,
+            classifier_events=classifier_events,
+            classifier_folds=folds,
+            permutations=permutations,
+            threads=threads,
+            seed=seed,
+        )
+        config.check()
+        result = run_evaluation(
+            sample_path,
+            reference_path,
+            channel=channel,
+            config=config,
+            progress=lambda message: click.echo(f"evaluate: {message}", err=True),
+        )
+    except EvaluationInputError:
+        raise
+    except (InvalidInput, NotFound, InsufficientSample, ConfigError, DatasetError) as exc:
+        raise EvaluationInputError(str(exc)) from exc
     outcome = None
     if gate_file is not None:
         outcome = check_gates(result.flat(), gate_file, family, result.channel).as_dict()
     paths = write_report(result, report_dir, outcome)
+    findings = result.findings
     summary: dict[str, Any] = {
         "passed": result.passed,
         "channel": result.channel,
         "n_tests": len(result.tests),
+        "n_hypotheses": result.n_hypotheses,
         "n_failed": len(result.failed),
         "failed": result.failed,
+        "findings": findings,
+        "failed_features": sorted(name for name, f in result.features.items() if not f["passed"]),
         "classifier_auc": next((t.value for t in result.tests if t.name == "classifier/auc"), None),
         "report": str(paths["html"]),
         "json": str(paths["json"]),
@@ -139,11 +180,15 @@ def evaluate(
     text = "\n".join(
         [
             (
-                f"evaluation {'PASSED' if result.passed else 'FAILED'}: {len(result.tests) - len(result.failed)}/"
-                f"{len(result.tests)} tests passed (each at alpha/m = {alpha:g}/{len(result.tests)})"
+                f"evaluation {'PASSED' if result.passed else 'FAILED'}: {len(findings)} of {result.n_hypotheses} "
+                f"distinct hypotheses rejected (Holm, alpha = {alpha:g}); {len(result.tests)} tests reported"
             ),
-            *(f"  failed: {name}" for name in result.failed[:20]),
-            *([f"  ... and {len(result.failed) - 20} more"] if len(result.failed) > 20 else []),
+            *(
+                f"  failed: {f['test']} (p = {f['pvalue']:.2g})"
+                + (f", with {len(f['consequences'])} tests that reuse it" if f["consequences"] else "")
+                for f in findings[:20]
+            ),
+            *([f"  ... and {len(findings) - 20} more"] if len(findings) > 20 else []),
             *([f"gates ({outcome['family']}): {'passed' if outcome['passed'] else 'FAILED'}"] if outcome else []),
             *(f"  failed gate: {line}" for line in summary.get("failed_gates", [])[:20]),
             f"report: {paths['html']}",
@@ -151,7 +196,15 @@ def evaluate(
         ]
     )
     emit(summary, as_json, text)
-    if outcome is not None and not outcome["passed"]:
-        raise GateFailed(
-            f"{len(summary['failed_gates'])} gate check(s) of family {outcome['family']!r} failed; see {paths['html']}"
+    if outcome is not None:
+        if not outcome["passed"]:
+            raise GateFailed(
+                f"{len(summary['failed_gates'])} gate check(s) of family {outcome['family']!r} failed; "
+                f"see {paths['html']}"
+            )
+        return
+    if not result.passed:
+        raise EvaluationFailed(
+            f"the sample differs from the reference: {len(findings)} of {result.n_hypotheses} hypotheses rejected; "
+            f"see {paths['html']}"
         )

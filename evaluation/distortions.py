@@ -8,7 +8,11 @@ Each returns a new ``{table: {field: array}}`` batch and leaves its input untouc
   ``reco' = truth + factor * (reco - truth)`` for each truth-matched track's momentum vector and each matched
   photon or electron shower's energy;
 * :func:`shuffle_tracks` -- a broken correlation: the momentum vectors of the tracks of one charge are permuted
-  across events, so every single-track distribution is unchanged but the two tracks no longer belong together.
+  across events, so every single-track distribution is unchanged but the two tracks no longer belong together;
+* :func:`scale_emc_energy` -- an EMC energy-scale error (every shower's energies and each track's matched EMC
+  energy times a factor);
+* :func:`drop_tracks` -- a tracking efficiency lower by ``fraction`` (that fraction of tracks removed at random);
+* :func:`drop_tof` -- TOF hits lost from ``fraction`` of the tracks that had one.
 
 (A removed radiative tail is not a distortion of a batch: generate with ``fsr=False``.)
 """
@@ -19,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["scale_momenta", "shuffle_tracks", "widen_resolution"]
+__all__ = ["drop_tof", "drop_tracks", "scale_emc_energy", "scale_momenta", "shuffle_tracks", "widen_resolution"]
 
 Tables = dict[str, dict[str, np.ndarray]]
 
@@ -108,3 +112,41 @@ def shuffle_tracks(tables: Mapping[str, Mapping[str, np.ndarray]], charge: int =
     px, py, pz = (np.asarray(tracks[c], dtype=np.float64)[perm] for c in ("px", "py", "pz"))
     _set_momentum(tracks, px, py, pz, rows=rows)
     return out
+
+
+def scale_emc_energy(tables: Mapping[str, Mapping[str, np.ndarray]], factor: float) -> Tables:
+    """Every shower's energies (``energy``, ``e3x3``, ``e5x5``) and each track's matched EMC energy times ``factor``."""
+    out = _copy(tables)
+    for column in ("energy", "e3x3", "e5x5"):
+        if column in out["showers"]:
+            values = out["showers"][column]
+            out["showers"][column] = (np.asarray(values, dtype=np.float64) * factor).astype(values.dtype)
+    energy = out["tracks"]["emc_energy"]
+    out["tracks"]["emc_energy"] = (np.asarray(energy, dtype=np.float64) * factor).astype(energy.dtype)
+    return out
+
+
+def drop_tracks(tables: Mapping[str, Mapping[str, np.ndarray]], fraction: float, seed: int = 0) -> Tables:
+    """Remove ``fraction`` of all tracks at random (a lower tracking efficiency); ``n_tracks`` follows."""
+    out = _copy(tables)
+    n_tracks = np.asarray(out["events"]["n_tracks"], dtype=np.int64)
+    keep = np.random.default_rng(seed).random(int(n_tracks.sum())) >= fraction
+    owner = np.repeat(np.arange(n_tracks.size), n_tracks)
+    out["tracks"] = {name: values[keep] for name, values in out["tracks"].items()}
+    counts = np.bincount(owner[keep], minlength=n_tracks.size)
+    out["events"]["n_tracks"] = counts.astype(out["events"]["n_tracks"].dtype)
+    return out
+
+
+def drop_tof(tables: Mapping[str, Mapping[str, np.ndarray]], fraction: float, seed: int = 0) -> Tables:
+    """Lose the TOF hit of ``fraction`` of the tracks that have one (their ``tof`` becomes NaN)."""
+    out = _copy(tables)
+    tracks = out["tracks"]
+    has = np.flatnonzero(np.isfinite(np.asarray(tracks["tof"], dtype=np.float64)))
+    lost = has[np.random.default_rng(seed).random(has.size) < fraction]
+    tracks["tof"][lost] = np.nan
+    for column in ("tof_path", "chi_tof"):
+        if column in tracks and tracks[column].dtype.kind == "f":
+            tracks[column][lost] = np.nan
+    return out
+

@@ -1,22 +1,31 @@
-"""The whole comparison of a sample A with a reference B: every metric, its null calibration, one verdict.
+"""The whole comparison of a sample A with a reference B: every test with a calibrated p-value, one verdict.
 
 :func:`evaluate` runs, on size-matched event sets (``n = min(N_A, N_B // 2)`` events of each, so the reference can
-also supply two disjoint halves of that size for the null):
+also supply two disjoint halves of that size for the self-check):
 
-1. per feature: W1 (also in units of resolution), KS, chi2/ndf on fixed bins, separation power, and the fraction
-   of events where the feature is present;
-2. correlations: the largest absolute difference of the correlation matrices;
-3. the classifier two-sample test (at most ``classifier_events`` per sample);
-4. FPD and KPD;
-5. the channel's physics observables (event files only);
+1. per feature: W1 (also in units of resolution), KS, chi2/ndf on fixed bins, separation power (it reuses the
+   chi2's p-value: same histograms), and the fraction of events where the feature is present; features that are
+   present in exactly the same events (every variable of a track slot) share one presence hypothesis;
+2. correlations: every pairwise correlation of the multivariate design (below) with a distribution-free z-score;
+3. FPD and KPD on the same design, each with a permutation significance;
+4. the channel's physics observables (event files only);
+5. the classifier two-sample test (at most ``classifier_events`` per sample) on the raw features (NaN routed
+   natively by the trees).
 
-and the same on ``null_trials`` reference-vs-reference splits (``distance_null_trials`` for FPD and KPD,
-``classifier_null_trials`` for the classifier), then :func:`vbes.evaluation.null.calibrate` gives every test its null mean +- spread and pass/fail with the
-trials factor m = number of tests.
+The multivariate design covers every feature: a feature absent in some events (a second track, a third shower,
+a TOF hit) is imputed at its reference median there, and one presence indicator (0/1) per distinct presence
+pattern of the reference is added, so that neither the events without the object nor the object's correlations
+are dropped.
+
+Every test's p-value is its own (see :mod:`vbes.evaluation.null`); the family is judged by Holm's step-down
+procedure at ``alpha`` over the distinct hypotheses. ``null_trials`` reference-vs-reference splits repeat the
+cheap tests (features, correlations, observables) as a self-check of their calibration; the classifier, FPD and
+KPD are repeated only when ``classifier_null_trials`` / ``distance_null_trials`` ask for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -25,11 +34,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from vbes.evaluation import metrics
 from vbes.evaluation.classifier import classifier_test
 from vbes.evaluation.distances import fpd, kpd
 from vbes.evaluation.features import FeatureTable, channel_of, feature_table, table_from_array
-from vbes.evaluation.null import MetricResult, MetricValue, calibrate, null_splits
+from vbes.evaluation.null import (
+    MetricResult,
+    MetricValue,
+    calibrate,
+    check_null_trials,
+    null_splits,
+    self_check,
+    tail_pvalue,
+)
 from vbes.evaluation.observables import (
     Observable,
     channel_observables,
@@ -38,12 +57,18 @@ from vbes.evaluation.observables import (
     reference_half_width,
 )
 
-from vbes.errors import InsufficientSample, InvalidInput, NotFound
+from vbes.errors import InsufficientSample, InvalidInput, NotFound, NothingTested
 
-__all__ = ["Evaluation", "EvaluationConfig", "Sample", "evaluate", "flatten", "load_sample", "sample_from_tables"]
-
-#: a feature enters the correlation matrix and FPD/KPD when present in at least this fraction of reference events
-PRESENCE_FOR_MULTIVARIATE = 0.9
+__all__ = [
+    "Design",
+    "Evaluation",
+    "EvaluationConfig",
+    "Sample",
+    "evaluate",
+    "flatten",
+    "load_sample",
+    "sample_from_tables",
+]
 
 
 @dataclass
@@ -51,29 +76,48 @@ class EvaluationConfig:
     """Knobs of :func:`evaluate` (all recorded in the JSON).
 
     Args:
-        alpha: family-wise false-alarm probability (split over all tests, Bonferroni).
-        null_trials: reference-vs-reference splits for the per-feature metrics, correlations and observables
-            (cheap; distances without a known null need many splits for a trustworthy prediction bound).
-        distance_null_trials: splits for FPD and KPD.
-        classifier_null_trials: splits for the classifier test.
+        alpha: family-wise false-alarm probability (Holm's step-down over the distinct hypotheses).
+        null_trials: reference-vs-reference splits of the self-check (features, correlations, observables);
+            0 for none, else at least :func:`vbes.evaluation.null.minimum_null_trials` ``(alpha)``.
+        distance_null_trials: splits on which FPD and KPD are repeated for the self-check (0: none).
+        classifier_null_trials: splits on which the classifier is refitted for the self-check (0: none).
         classifier_events: most events per sample in the classifier test.
         classifier_folds: k of its k-fold.
         classifier_max_iter: most boosting iterations per fold (early stopping usually ends sooner).
         max_events: most events per sample for the other metrics (None: as many as size matching allows).
         distances: compute FPD and KPD.
+        permutations: permutations of the FPD and KPD nulls.
+        threads: OpenMP threads of the classifier.
         seed: seed of every subsampling.
     """
 
     alpha: float = 0.05
     null_trials: int = 20
-    distance_null_trials: int = 5
-    classifier_null_trials: int = 5
+    distance_null_trials: int = 0
+    classifier_null_trials: int = 0
     classifier_events: int = 200_000
     classifier_folds: int = 5
     classifier_max_iter: int = 200
     max_events: int | None = None
     distances: bool = True
+    permutations: int = 200
+    threads: int = 1
     seed: int = 0
+
+    def check(self) -> None:
+        """Refuse settings under which a test, or the self-check, could not mean what it says."""
+        if not 0 < self.alpha < 1:
+            raise InvalidInput(f"alpha must lie in (0, 1); got {self.alpha}")
+        for option in ("null_trials", "distance_null_trials", "classifier_null_trials"):
+            value = getattr(self, option)
+            if value < 0:
+                raise InvalidInput(f"{option} must be >= 0; got {value}")
+            if value:
+                check_null_trials(value, self.alpha, option.replace("_", "-"))
+        if self.permutations < 50:
+            raise InvalidInput(f"permutations must be at least 50 for a sampled null; got {self.permutations}")
+        if self.classifier_folds < 2:
+            raise InvalidInput(f"classifier_folds must be at least 2; got {self.classifier_folds}")
 
 
 @dataclass
@@ -192,9 +236,10 @@ def _read_numeric_table(path: Path) -> FeatureTable:
     raise InvalidInput(f"{path}: unknown table format {path.suffix!r} (use .h5 event files, .npy, .npz, .csv)")
 
 
+
 @dataclass
 class Evaluation:
-    """Outcome of :func:`evaluate`: every test with its null calibration, and what the report needs."""
+    """Outcome of :func:`evaluate`: every test with its p-value and verdict, and what the report needs."""
 
     channel: str
     n_sample: int
@@ -209,6 +254,7 @@ class Evaluation:
     timings: dict[str, float]
     sample_info: dict[str, Any]
     reference_info: dict[str, Any]
+    calibration: dict[str, Any] = field(default_factory=dict)
     #: the size-matched sample and reference events the tests ran on (for the report's figures; not serialised)
     samples: tuple[Sample, Sample] | None = field(default=None, repr=False)
 
@@ -220,6 +266,23 @@ class Evaluation:
     def failed(self) -> list[str]:
         return [t.name for t in self.tests if not t.passed]
 
+    @property
+    def n_hypotheses(self) -> int:
+        """m: the distinct hypotheses (tests that reuse another's p-value are not counted)."""
+        return sum(t.counted for t in self.tests)
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        """Each failed distinct hypothesis, with the tests that reuse its p-value grouped under it."""
+        consequences: dict[str, list[str]] = {}
+        for t in self.tests:
+            if t.reuses is not None:
+                consequences.setdefault(t.reuses, []).append(t.name)
+        return [
+            {"test": t.name, "pvalue": t.pvalue, "level": t.threshold, "consequences": consequences.get(t.name, [])}
+            for t in sorted((t for t in self.tests if t.counted and not t.passed), key=lambda t: t.pvalue)
+        ]
+
     def test(self, name: str) -> MetricResult:
         """The test of that name."""
         for t in self.tests:
@@ -229,21 +292,25 @@ class Evaluation:
 
     def as_dict(self) -> dict[str, Any]:
         """Every number, JSON-ready."""
+        m = self.n_hypotheses
         return _jsonable(
             {
                 "format": "vbes-evaluation",
-                "version": 1,
+                "version": 2,
                 "channel": self.channel,
                 "passed": self.passed,
                 "n_tests": len(self.tests),
+                "n_hypotheses": m,
                 "n_failed": len(self.failed),
                 "failed": self.failed,
-                "trials_factor": {
-                    "n_tests": len(self.tests),
+                "findings": self.findings,
+                "multiple_testing": {
+                    "rule": "Holm step-down over the distinct hypotheses: the k-th smallest p-value fails while it "
+                    "is below alpha / (m - k + 1); a sample drawn from the reference fails any test with "
+                    "probability <= alpha. Tests that reuse another's p-value follow its verdict, uncounted.",
                     "alpha_family": self.config.alpha,
-                    "alpha_per_test": self.config.alpha / max(len(self.tests), 1),
-                    "rule": "Bonferroni: each test is judged at alpha/m so that a sample drawn from the reference "
-                    "fails any test with probability <= alpha",
+                    "n_hypotheses": m,
+                    "smallest_level": self.config.alpha / max(m, 1),
                 },
                 "sizes": {
                     "sample": self.n_sample,
@@ -261,6 +328,7 @@ class Evaluation:
                 "skipped": self.skipped,
                 "features": self.features,
                 "correlation": self.correlation,
+                "self_check": self.calibration,
                 "timings_s": self.timings,
             }
         )
@@ -311,71 +379,198 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _feature_tests(
-    a: FeatureTable,
-    b: FeatureTable,
-    edges: Mapping[str, np.ndarray],
-    resolutions: Mapping[str, float | None],
-    skipped: dict[str, str],
-) -> dict[str, MetricValue]:
-    out: dict[str, MetricValue] = {}
-    for i, name in enumerate(a.names):
-        x, y = a.values[:, i], b.values[:, i]
-        key = f"features/{name}"
-        try:
-            w1, ks = metrics.w1_and_ks(x, y, resolutions.get(name))
-            out[f"{key}/w1"] = MetricValue(
-                w1.value, None, {"w1_over_resolution": w1.value_over_resolution, "resolution": w1.resolution}
-            )
-            out[f"{key}/ks"] = MetricValue(ks.statistic, ks.pvalue)
-            chi2 = metrics.chi2_ndf(x, y, edges[name])
-            out[f"{key}/chi2_ndf"] = MetricValue(chi2.chi2_ndf, chi2.pvalue, {"chi2": chi2.chi2, "ndf": chi2.ndf})
-            # with size-matched samples the separation power is chi2 / (2 n) of the same two histograms, so the
-            # chi2's p-value is its p-value too (its empirical null is far too skewed for few splits)
-            out[f"{key}/separation_power"] = MetricValue(
-                metrics.separation_power(x, y, edges[name]), chi2.pvalue, {"pvalue_from": "chi2 of the same histograms"}
-            )
-        except InsufficientSample as exc:
-            skipped[key] = str(exc)
-        if np.isnan(y).any() or np.isnan(x).any():
-            try:
-                diff, z = metrics.presence_difference(x, y)
-                from scipy import stats
 
-                out[f"{key}/presence"] = MetricValue(z, float(2 * stats.norm.sf(abs(z))), {"fraction_difference": diff})
-            except InsufficientSample as exc:
-                skipped[f"{key}/presence"] = str(exc)
+
+class Design:
+    """The multivariate design of a reference: every non-constant feature mapped onto a standard normal by the
+    reference's own distribution (rank-Gauss: ``Phi^-1`` of its mid-rank CDF), absent values set to 0 (the
+    reference median), plus one presence indicator (0/1) per distinct presence pattern of the reference's partly
+    present features.
+
+    Why rank-Gauss rather than standardising: a narrow peak on a long tail (a two-body momentum with its
+    radiative tail) has a standard deviation set by the tail, so a shift of the peak by its own width is a small
+    fraction of it; in rank-Gauss units it stays of order one. FPD's Gaussian fit also suits such coordinates.
+
+    Args:
+        reference: the reference's feature table (all its events).
+        sorted_columns: each feature of the reference, sorted (see :class:`vbes.evaluation.metrics.SortedReference`).
+    """
+
+    def __init__(self, reference: FeatureTable, sorted_columns: Mapping[str, metrics.SortedReference]) -> None:
+        values = reference.values
+        present = np.isfinite(values)
+        names = reference.names
+        self.sorted = [sorted_columns[name] for name in names]
+        self.columns = [
+            i for i, column in enumerate(self.sorted) if column.sorted.size and column.sorted[-1] > column.sorted[0]
+        ]
+        seen: set[bytes] = set()
+        self.indicators: list[int] = []
+        for i in range(values.shape[1]):
+            if present[:, i].all() or not present[:, i].any():
+                continue
+            key = hashlib.sha1(np.packbits(present[:, i]).tobytes()).digest()
+            if key not in seen:
+                seen.add(key)
+                self.indicators.append(i)
+        self.names = tuple(names[i] for i in self.columns) + tuple(f"present({names[i]})" for i in self.indicators)
+
+    def matrix(self, values: np.ndarray | None = None) -> np.ndarray:
+        """The design of a feature array ``(n_events, n_features)`` (same columns as the reference; None: the
+        reference itself)."""
+        columns = [s.column for s in self.sorted] if values is None else [values[:, i] for i in range(values.shape[1])]
+        out = np.empty((len(columns[0]), len(self.names)))
+        for k, i in enumerate(self.columns):
+            out[:, k] = np.nan_to_num(self.sorted[i].gaussianised(columns[i]), nan=0.0)
+        for k, i in enumerate(self.indicators, start=len(self.columns)):
+            out[:, k] = np.isfinite(columns[i])
+        return out
+
+
+class _Reference:
+    """Everything about the reference that every comparison with it shares (sorted features, bins, nulls)."""
+
+    def __init__(self, b: Sample) -> None:
+        table = b.features
+        self.sorted: dict[str, metrics.SortedReference] = {}
+        for i, name in enumerate(table.names):
+            column = table.values[:, i]
+            edges = metrics.fixed_bins(column) if np.isfinite(column).any() else np.array([-np.inf, 0, np.inf])
+            self.sorted[name] = metrics.SortedReference(column, edges)
+        self.resolutions = {name: table.resolution(name, table.values[:, i]) for i, name in enumerate(table.names)}
+        self.design = Design(table, self.sorted)
+        self.design_values = self.design.matrix()
+        # presence per feature as contiguous rows: a split's rows are gathered from each without striding
+        self.present = np.ascontiguousarray(np.isfinite(table.values).T)
+        self.observable_edges: dict[str, Any] = {
+            o.name: fixed_edges(o)
+            for o in b.observables
+            if o.kind in ("spectrum", "spectrum2d") and np.isfinite(o.values).any()
+        }
+        for o in b.observables:
+            if o.kind == "peak" and o.window is None:
+                try:
+                    self.observable_edges[o.name] = reference_half_width(o)
+                except InsufficientSample:
+                    pass  # the comparison itself will refuse and record why
+
+
+def _presence_key(present_a: np.ndarray, present_b: np.ndarray) -> bytes:
+    return hashlib.sha1(np.packbits(present_a).tobytes() + b"|" + np.packbits(present_b).tobytes()).digest()
+
+
+def _feature_values(
+    name: str,
+    comparison: metrics.FeatureComparison,
+    reference: metrics.SortedReference,
+    resolution: float | None,
+) -> dict[str, MetricValue]:
+    key = f"features/{name}"
+    n_a, n_b = comparison.n_a, comparison.n_b
+    w1_null = reference.w1_null
+    scale = np.sqrt(1.0 / n_a + 1.0 / n_b)
+    chi2 = metrics.chi2_counts(comparison.counts_a, comparison.counts_b)
+    out = {
+        f"{key}/w1": MetricValue(
+            comparison.w1,
+            tail_pvalue(comparison.w1 / scale, w1_null),
+            {
+                "w1_over_resolution": comparison.w1 / resolution if resolution else None,
+                "resolution": resolution,
+                "null_mean_w1": float(w1_null.mean() * scale),
+                "pvalue_from": "Brownian-bridge null on the reference's quantiles",
+            },
+        ),
+        f"{key}/ks": MetricValue(comparison.ks, metrics.ks_pvalue(comparison.ks, n_a, n_b)),
+        f"{key}/chi2_ndf": MetricValue(chi2.chi2_ndf, chi2.pvalue, {"chi2": chi2.chi2, "ndf": chi2.ndf}),
+        # with size-matched samples the separation power is chi2 / (2 n) of the same two histograms: one hypothesis
+        f"{key}/separation_power": MetricValue(
+            metrics.separation_of_counts(comparison.counts_a, comparison.counts_b),
+            chi2.pvalue,
+            {"pvalue_from": "chi2 of the same histograms"},
+            reuses=f"{key}/chi2_ndf",
+        ),
+    }
     return out
 
 
-def _multivariate_columns(reference: FeatureTable) -> list[int]:
-    present = np.isfinite(reference.values).mean(axis=0)
-    spread = np.nanstd(np.where(np.isfinite(reference.values), reference.values, np.nan), axis=0)
-    return [i for i in range(len(reference.names)) if present[i] >= PRESENCE_FOR_MULTIVARIATE and spread[i] > 0]
+def _feature_tests(
+    ref: _Reference,
+    names: tuple[str, ...],
+    present_a: Callable[[int], np.ndarray],
+    present_b: Callable[[int], np.ndarray],
+    compare: Callable[[str, int], metrics.FeatureComparison],
+    skipped: dict[str, str],
+) -> dict[str, MetricValue]:
+    """Every feature's tests; ``compare(name, i)`` does the sorted pass, ``present_*(i)`` the presence masks."""
+    out: dict[str, MetricValue] = {}
+    presence_owner: dict[bytes, str] = {}
+    for i, name in enumerate(names):
+        key = f"features/{name}"
+        pa, pb = present_a(i), present_b(i)
+        k_a, k_b = int(pa.sum()), int(pb.sum())
+        which = "sample" if k_a < k_b else "reference"
+        try:
+            metrics.require_events("w1", min(k_a, k_b), which)
+            values = _feature_values(name, compare(name, i), ref.sorted[name], ref.resolutions.get(name))
+            try:
+                metrics.require_events("chi2", min(k_a, k_b), which)
+            except InsufficientSample as exc:
+                skipped[f"{key}/chi2_ndf"] = str(exc)
+                values = {k: v for k, v in values.items() if k.endswith(("/w1", "/ks"))}
+            out.update(values)
+        except InsufficientSample as exc:
+            skipped[key] = str(exc)
+        if k_a == pa.size and k_b == pb.size:
+            continue
+        try:
+            metrics.require_events("presence", min(pa.size, pb.size))
+        except InsufficientSample as exc:
+            skipped[f"{key}/presence"] = str(exc)
+            continue
+        diff, z = metrics.presence_test(k_a, pa.size, k_b, pb.size)
+        pattern = _presence_key(pa, pb)
+        owner = presence_owner.setdefault(pattern, f"{key}/presence")
+        out[f"{key}/presence"] = MetricValue(
+            z,
+            float(2 * stats.norm.sf(abs(z))),
+            {"fraction_difference": diff, "fraction_sample": k_a / pa.size, "fraction_reference": k_b / pb.size},
+            reuses=None if owner == f"{key}/presence" else owner,
+        )
+    return out
 
 
 def _correlation_tests(
-    a: FeatureTable, b: FeatureTable, columns: list[int], skipped: dict[str, str]
-) -> dict[str, MetricValue]:
-    names = tuple(a.names[i] for i in columns)
+    design: Design, a: np.ndarray, b: np.ndarray, skipped: dict[str, str]
+) -> tuple[dict[str, MetricValue], metrics.CorrelationTest | None]:
     try:
-        corr = metrics.correlation_difference(a.values[:, columns], b.values[:, columns], names)
+        result = metrics.correlation_test(a, b, design.names)
     except InsufficientSample as exc:
-        skipped["correlations/max_abs_difference"] = str(exc)
-        return {}
-    return {"correlations/max_abs_difference": MetricValue(corr.max_abs, None, {"rms": corr.rms})}
+        skipped["correlations/max_abs_z"] = str(exc)
+        return {}, None
+    details = {
+        "worst_pair": list(result.worst_pair),
+        "n_pairs": result.n_pairs,
+        "max_abs_difference": result.max_abs_difference,
+        "pvalue_from": "largest |z| of every pair, Bonferroni over the pairs",
+    }
+    return {"correlations/max_abs_z": MetricValue(result.max_abs_z, result.pvalue, details)}, result
 
 
 def _distance_tests(
-    a: FeatureTable, b: FeatureTable, columns: list[int], skipped: dict[str, str], seed: int
+    a: np.ndarray, b: np.ndarray, skipped: dict[str, str], config: EvaluationConfig, seed: int
 ) -> dict[str, MetricValue]:
     out: dict[str, MetricValue] = {}
     for label, function in (("fpd", fpd), ("kpd", kpd)):
         try:
-            result = function(a.values[:, columns], b.values[:, columns], seed=seed)
-            out[f"distances/{label}"] = MetricValue(result.value, None, {"error": result.error})
+            result = function(a, b, n_permutations=config.permutations, seed=seed)
         except InsufficientSample as exc:
             skipped[f"distances/{label}"] = str(exc)
+            continue
+        details = asdict(result)
+        value = details.pop("value")
+        details["pvalue_from"] = "permutation null" + (" of the full-size FPD" if label == "fpd" else "")
+        out[f"distances/{label}"] = MetricValue(value, details.pop("pvalue"), details)
     return out
 
 
@@ -390,12 +585,14 @@ def _classifier_tests(
             seed=seed,
             max_iter=config.classifier_max_iter,
             feature_names=list(a.names),
+            threads=config.threads,
         )
     except InsufficientSample as exc:
         skipped["classifier/auc"] = str(exc)
         return {}
     details = result.as_dict()
     details.pop("auc")
+    details["pvalue_from"] = "mean fold AUC against its exact Mann-Whitney null (one-sided)"
     return {"classifier/auc": MetricValue(result.auc, result.pvalue, details)}
 
 
@@ -427,7 +624,7 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     null_cache: dict[Any, Any] | None = None,
 ) -> Evaluation:
-    """Compare a sample with a reference; every test null-calibrated.
+    """Compare a sample with a reference; every test with a calibrated p-value, Holm over the family.
 
     Args:
         sample: A -- anything :func:`load_sample` takes (event file path, numeric table, event batch, ...).
@@ -435,27 +632,49 @@ def evaluate(
         channel: channel of event files (default: read from the files).
         config: :class:`EvaluationConfig`.
         progress: called with a short message as each stage starts.
-        null_cache: a dict kept by the caller: the null splits of a reference (a :class:`Sample` passed again as
-            the same object) are then computed once and reused by later evaluations against it with the same
-            sizes and configuration (the null depends only on the reference).
+        null_cache: a dict kept by the caller: what depends on the reference only (a :class:`Sample` passed
+            again as the same object) -- its sorted features, the W1 nulls, the self-check splits -- is then
+            computed once and reused by later evaluations against it with the same sizes and configuration.
+
+    Raises:
+        NothingTested: when no test could run at all.
 
     Example:
         >>> import numpy as np
-        >>> rng = np.random.default_rng(0)
-        >>> config = EvaluationConfig(null_trials=3, classifier_null_trials=2, classifier_folds=2, distances=False)
+        >>> rng = np.random.default_rng(1)
+        >>> config = EvaluationConfig(null_trials=19, classifier_folds=2, distances=False)
         >>> result = evaluate(rng.normal(size=(3000, 2)), rng.normal(size=(6000, 2)), config=config)
-        >>> result.passed, len(result.tests)
-        (True, 10)
+        >>> result.passed, len(result.tests), result.n_hypotheses
+        (True, 10, 8)
     """
     config = config or EvaluationConfig()
+    config.check()
+    # every BLAS / OpenMP pool bounded: spin-waiting threads collapse on a machine busy with other work
+    with threadpool_limits(limits=max(1, config.threads)):
+        return _evaluate(sample, reference, channel, config, progress, null_cache)
+
+
+def _evaluate(
+    sample: Any,
+    reference: Any,
+    channel: str | None,
+    config: EvaluationConfig,
+    progress: Callable[[str], None] | None,
+    null_cache: dict[Any, Any] | None,
+) -> Evaluation:
     say = progress or (lambda message: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     a = load_sample(sample, channel)
     b = load_sample(reference, channel or a.features.channel or None)
     if a.features.names != b.features.names:
+        shared = set(a.features.names) & set(b.features.names)
         missing = sorted(set(b.features.names) ^ set(a.features.names))
-        raise InvalidInput(f"sample and reference have different features (differing: {', '.join(missing[:8])})")
+        raise (NothingTested if not shared else InvalidInput)(
+            f"sample and reference have different features ({len(shared)} shared; differing: {', '.join(missing[:8])})"
+        )
+    if not a.features.names:
+        raise NothingTested("sample and reference have no features: nothing to compare")
     timings["load"] = time.perf_counter() - t0
 
     n = min(len(a), len(b) // 2)
@@ -467,116 +686,87 @@ def evaluate(
     rng = np.random.default_rng(config.seed)
     a_rows = np.sort(rng.permutation(len(a))[:n])
     b_rows = np.sort(rng.permutation(len(b))[:n])
-    splits = null_splits(
-        len(b),
-        n,
-        max(config.null_trials, config.distance_null_trials, config.classifier_null_trials),
-        seed=config.seed + 1,
-    )
-
-    # fixed binning and resolutions from the whole reference, shared by the test and every split
-    edges = {
-        name: metrics.fixed_bins(b.features.values[:, i])
-        if np.isfinite(b.features.values[:, i]).any()
-        else np.array([-np.inf, 0, np.inf])
-        for i, name in enumerate(b.features.names)
-    }
-    resolutions = {
-        name: b.features.resolution(name, b.features.values[:, i]) for i, name in enumerate(b.features.names)
-    }
-    observable_edges: dict[str, Any] = {
-        o.name: fixed_edges(o)
-        for o in b.observables
-        if o.kind in ("spectrum", "spectrum2d") and np.isfinite(o.values).any()
-    }
-    for o in b.observables:
-        if o.kind == "peak" and o.window is None:
-            try:
-                observable_edges[o.name] = reference_half_width(o)
-            except InsufficientSample:
-                pass  # the comparison itself will refuse and record why
-    columns = _multivariate_columns(b.features)
     # a random (not file-order) subset for the classifier: files may be ordered by run
     classifier_rows = np.sort(rng.permutation(n)[:n_classifier])
+    n_splits = max(config.null_trials, config.distance_null_trials, config.classifier_null_trials)
+
+    key = (id(b), n, n_classifier, n_splits, config.distance_null_trials, config.classifier_null_trials,
+           config.classifier_folds, config.classifier_max_iter, config.distances, config.permutations, config.seed)
+    cached = null_cache.get(key) if null_cache is not None else None
+    t_ref = time.perf_counter()
+    ref: _Reference = cached[1] if cached is not None else _Reference(b)
+    timings["reference"] = time.perf_counter() - t_ref
+    names = a.features.names
     skipped: dict[str, str] = {}
 
-    key = (
-        id(b),
-        n,
-        n_classifier,
-        config.null_trials,
-        config.distance_null_trials,
-        config.classifier_null_trials,
-        config.classifier_folds,
-        config.classifier_max_iter,
-        config.distances,
-        config.seed,
-    )
-    cached = null_cache.get(key) if null_cache is not None else None
-    # pair 0 is the test; pairs 1.. are null splits. Each pair's events are gathered once, run through every
-    # stage that needs it, and dropped: 20 splits of 1e6-event tables would not fit in memory at once.
-    pair_rows: list[tuple[str, Sample, np.ndarray, np.ndarray]] = [("test", a, a_rows, b_rows)]
-    if cached is None:
-        pair_rows += [(f"null split {k}", b, i, j) for k, (i, j) in enumerate(splits)]
-    stages: list[tuple[str, Callable[[Sample, Sample, dict[str, str], int], dict[str, MetricValue]], int]] = [
-        (
-            "features",
-            lambda x, y, s, k: _feature_tests(x.features, y.features, edges, resolutions, s),
-            config.null_trials,
-        ),
-        ("correlations", lambda x, y, s, k: _correlation_tests(x.features, y.features, columns, s), config.null_trials),
-        (
-            "distances",
-            lambda x, y, s, k: _distance_tests(x.features, y.features, columns, s, config.seed + k),
-            config.distance_null_trials if config.distances else -1,
-        ),
-        (
-            "observables",
-            lambda x, y, s, k: _observable_tests(x.observables, y.observables, observable_edges, s),
-            config.null_trials,
-        ),
-        (
-            "classifier",
-            lambda x, y, s, k: _classifier_tests(
-                x.features.subset(classifier_rows), y.features.subset(classifier_rows), config, s, config.seed + k
-            ),
-            config.classifier_null_trials,
-        ),
-    ]
-    timings.update({stage: 0.0 for stage, _, trials in stages if trials >= 0})
-    timings["gather events"] = 0.0
-    runs: list[dict[str, MetricValue]] = []
-    test_pair: tuple[Sample, Sample] | None = None
-    for k, (label, first, rows_first, rows_second) in enumerate(pair_rows):
-        needed = [(stage, function) for stage, function, trials in stages if k <= trials]
-        if not needed:
-            break
-        say(f"{label}: {', '.join(stage for stage, _ in needed)}")
-        t_gather = time.perf_counter()
-        x, y = first.subset(rows_first), b.subset(rows_second)
-        timings["gather events"] += time.perf_counter() - t_gather
+    def run(x: Sample, y_rows: np.ndarray, label: np.ndarray | None, k: int, heavy: tuple[bool, bool],
+            scratch: dict[str, str]) -> tuple[dict[str, MetricValue], metrics.CorrelationTest | None]:
+        """One comparison: the test (label None: x against reference rows y_rows) or a null split."""
         results: dict[str, MetricValue] = {}
-        for stage, function in needed:
-            t_stage = time.perf_counter()
-            scratch: dict[str, str] = {}
-            results.update(function(x, y, scratch, k))
-            if k == 0:
-                skipped.update(scratch)
-            timings[stage] += time.perf_counter() - t_stage
-        runs.append(results)
-        if k == 0:
-            test_pair = (x, y)
-    assert test_pair is not None
+        t = time.perf_counter()
+        if label is None:
+            xv = x.features.values
+            results.update(_feature_tests(
+                ref, names, lambda i: np.isfinite(xv[:, i]), lambda i: ref.present[i][y_rows],
+                lambda name, i: ref.sorted[name].compare(xv[:, i], y_rows), scratch))
+            design_a, design_b = ref.design.matrix(xv), ref.design_values[y_rows]
+        else:
+            first, second = np.flatnonzero(label == 1), np.flatnonzero(label == 2)
+            results.update(_feature_tests(
+                ref, names, lambda i: ref.present[i][first], lambda i: ref.present[i][second],
+                lambda name, i: ref.sorted[name].compare_split(label), scratch))
+            design_a, design_b = ref.design_values[first], ref.design_values[second]
+        timings["features"] = timings.get("features", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        corr_values, corr = _correlation_tests(ref.design, design_a, design_b, scratch)
+        results.update(corr_values)
+        timings["correlations"] = timings.get("correlations", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        y_obs = [o.subset(y_rows if label is None else np.flatnonzero(label == 2)) for o in b.observables]
+        x_obs = x.observables if label is None else [o.subset(np.flatnonzero(label == 1)) for o in b.observables]
+        results.update(_observable_tests(x_obs, y_obs, ref.observable_edges, scratch))
+        timings["observables"] = timings.get("observables", 0.0) + time.perf_counter() - t
+        if heavy[0] and config.distances:
+            t = time.perf_counter()
+            results.update(_distance_tests(design_a, design_b, scratch, config, config.seed + k))
+            timings["distances"] = timings.get("distances", 0.0) + time.perf_counter() - t
+        if heavy[1]:
+            t = time.perf_counter()
+            if label is None:
+                fa, fb = x.features.subset(classifier_rows), b.features.subset(y_rows[classifier_rows])
+            else:
+                fa = b.features.subset(np.flatnonzero(label == 1)[classifier_rows])
+                fb = b.features.subset(np.flatnonzero(label == 2)[classifier_rows])
+            results.update(_classifier_tests(fa, fb, config, scratch, config.seed + k))
+            timings["classifier"] = timings.get("classifier", 0.0) + time.perf_counter() - t
+        return results, corr
+
+    say("test: features, correlations, observables, distances, classifier")
+    x = a.subset(a_rows)
+    test_results, corr = run(x, b_rows, None, 0, (True, True), skipped)
+    if not test_results:
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3])
+        raise NothingTested(f"no test could run on these samples ({reasons})")
+
     if cached is not None:
-        runs += cached[1]
-    elif null_cache is not None:
-        null_cache[key] = (b, runs[1:])  # holding b keeps its id() from being reused
+        null_runs = cached[2]
+    else:
+        null_runs = []
+        for k, (first, second) in enumerate(null_splits(len(b), n, n_splits, seed=config.seed + 1), start=1):
+            heavy = (k <= config.distance_null_trials, k <= config.classifier_null_trials)
+            extra = (" (+ distances)" if heavy[0] else "") + (" (+ classifier)" if heavy[1] else "")
+            say(f"null split {k}/{n_splits}{extra}")
+            label = np.zeros(len(b), dtype=np.int8)
+            label[first], label[second] = 1, 2
+            null_runs.append(run(b, second, label, k, heavy, {})[0])
+        if null_cache is not None:
+            null_cache[key] = (b, ref, null_runs)  # holding b keeps its id() from being reused
 
     t_cal = time.perf_counter()
-    tests = calibrate(runs[0], runs[1:], alpha=config.alpha)
+    tests = calibrate(test_results, null_runs, alpha=config.alpha)
+    checked = self_check(null_runs, config.alpha) if null_runs else {}
     timings["calibration"] = time.perf_counter() - t_cal
-    features_summary = _feature_summary(tests, a.features.names, a.features.units)
-    corr = _correlation_summary(test_pair[0].features, test_pair[1].features, columns)
+    features_summary = _feature_summary(tests, names, a.features.units)
     timings["total"] = time.perf_counter() - t0
     return Evaluation(
         channel=a.features.channel or "",
@@ -588,42 +778,54 @@ def evaluate(
         tests=tests,
         skipped=skipped,
         features=features_summary,
-        correlation=corr,
+        correlation=_correlation_summary(corr),
         timings=timings,
         sample_info=a.info,
         reference_info=b.info,
-        samples=test_pair,
+        calibration=checked,
+        samples=(x, b.subset(b_rows)),
     )
 
 
 def _feature_summary(
     tests: list[MetricResult], names: tuple[str, ...], units: Mapping[str, str]
 ) -> dict[str, dict[str, Any]]:
-    by_name = {t.name: t for t in tests}
+    """One row per feature; its verdict is failed when any of its tests (presence included) failed."""
+    by_feature: dict[str, list[MetricResult]] = {}
+    for t in tests:
+        parts = t.name.split("/")
+        if parts[0] == "features" and len(parts) == 3:
+            by_feature.setdefault(parts[1], []).append(t)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        key = f"features/{name}"
-        w1 = by_name.get(f"{key}/w1")
-        ks = by_name.get(f"{key}/ks")
-        chi2 = by_name.get(f"{key}/chi2_ndf")
-        sep = by_name.get(f"{key}/separation_power")
+        own = {t.name.split("/")[2]: t for t in by_feature.get(name, [])}
+        w1 = own.get("w1")
+        presence = own.get("presence")
         out[name] = {
             "unit": units.get(name, ""),
             "w1": w1.value if w1 else None,
             "w1_over_resolution": w1.details.get("w1_over_resolution") if w1 else None,
-            "ks": ks.value if ks else None,
-            "ks_pvalue": ks.pvalue if ks else None,
-            "chi2_ndf": chi2.value if chi2 else None,
-            "separation_power": sep.value if sep else None,
-            "passed": all(t.passed for t in (w1, ks, chi2, sep) if t is not None),
+            "ks": own["ks"].value if "ks" in own else None,
+            "ks_pvalue": own["ks"].pvalue if "ks" in own else None,
+            "chi2_ndf": own["chi2_ndf"].value if "chi2_ndf" in own else None,
+            "separation_power": own["separation_power"].value if "separation_power" in own else None,
+            "presence_difference": presence.details.get("fraction_difference") if presence else None,
+            "min_pvalue": min((t.pvalue for t in own.values()), default=None),
+            "n_tests": len(own),
+            "failed_tests": sorted(t.name for t in own.values() if not t.passed),
+            "passed": all(t.passed for t in own.values()),
         }
     return out
 
 
-def _correlation_summary(a: FeatureTable, b: FeatureTable, columns: list[int]) -> dict[str, Any]:
-    names = [a.names[i] for i in columns]
-    try:
-        corr = metrics.correlation_difference(a.values[:, columns], b.values[:, columns], tuple(names))
-    except InsufficientSample as exc:
-        return {"names": names, "skipped": str(exc)}
-    return {"names": names, "difference": corr.difference, "max_abs": corr.max_abs, "rms": corr.rms}
+def _correlation_summary(corr: metrics.CorrelationTest | None) -> dict[str, Any]:
+    if corr is None:
+        return {"names": [], "skipped": "correlation test not run"}
+    return {
+        "names": list(corr.names),
+        "difference": corr.difference,
+        "z": corr.z,
+        "max_abs": corr.max_abs_difference,
+        "max_abs_z": corr.max_abs_z,
+        "worst_pair": list(corr.worst_pair),
+    }

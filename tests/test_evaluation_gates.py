@@ -17,9 +17,7 @@ from vbes.errors import ConfigError, GateFailed, NotFound
 # mlflow.pyfunc warns about its own type hints at import time; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning")
 
-CONFIG = EvaluationConfig(
-    null_trials=6, distance_null_trials=3, classifier_null_trials=2, classifier_folds=2, classifier_max_iter=50
-)
+CONFIG = EvaluationConfig(null_trials=0, classifier_folds=2, classifier_max_iter=50, permutations=100)
 
 
 def test_default_gate_file_is_valid_and_packaged() -> None:
@@ -163,14 +161,10 @@ def test_cli_exits_nonzero_when_a_gate_fails(run_cli, tmp_path: Path) -> None:
     common = (
         "--reference",
         tmp_path / "ref.npy",
-        "--null-trials",
-        "5",
-        "--distance-null-trials",
-        "3",
-        "--classifier-null-trials",
-        "2",
         "--folds",
         "2",
+        "--permutations",
+        "100",
         "--gate",
         DEFAULT_GATE_FILE,
     )
@@ -183,3 +177,26 @@ def test_cli_exits_nonzero_when_a_gate_fails(run_cli, tmp_path: Path) -> None:
     assert (tmp_path / "r2" / "report.html").is_file()  # the report is written before the verdict
     gates = json.loads((tmp_path / "r2" / "evaluation.json").read_text())["gates"]
     assert gates["passed"] is False
+
+
+def test_cli_gate_decides_the_exit_status_of_a_surrogate(run_cli, tmp_path: Path) -> None:
+    # statistically distinguishable (x0 shifted by 0.15 sd) but within a surrogate's loose gates: the gates decide
+    rng = np.random.default_rng(13)
+    np.save(tmp_path / "ref.npy", rng.normal(size=(12_000, 2)))
+    np.save(tmp_path / "model.npy", rng.normal([0.15, 0.0], 1, (6000, 2)))
+    gate_file = tmp_path / "gates.yaml"
+    gate_file.write_text(
+        "version: 1\nfamilies:\n  surrogate:\n    default:\n      - {metric: classifier/auc, max: 0.6}\n"
+    )
+    common = ("--reference", tmp_path / "ref.npy", "--folds", "2", "--permutations", "100", "--null-trials", "0")
+    common += ("--json",)
+    plain = run_cli("evaluate", "--sample", tmp_path / "model.npy", "--report", tmp_path / "r1", *common)
+    assert plain.exit_code == 1 and json.loads(plain.stdout)["passed"] is False
+    gated = run_cli(
+        "evaluate", "--sample", tmp_path / "model.npy", "--report", tmp_path / "r2", *common,
+        "--gate", gate_file, "--family", "surrogate",
+    )
+    assert gated.exit_code == 0, gated.stderr
+    summary = json.loads(gated.stdout)
+    assert summary["passed"] is False and summary["gates_passed"] is True
+

@@ -41,6 +41,10 @@ __all__ = [
     "EvaluationError",
     "InsufficientSample",
     "GateFailed",
+    "EvaluationFailed",
+    "EvaluationInputError",
+    "NothingTested",
+    "TooFewNullTrials",
     # models and training
     "ModelError",
     "CorruptModelError",
@@ -199,6 +203,24 @@ class InsufficientSample(EvaluationError):
 
 class GateFailed(EvaluationError):
     """An evaluation did not pass its gate file."""
+
+
+class EvaluationFailed(EvaluationError):
+    """A sample failed the statistical comparison with its reference (``vbes evaluate`` exits 1)."""
+
+
+class EvaluationInputError(EvaluationError, InvalidInput):
+    """Bad input or usage of an evaluation (``vbes evaluate`` exits 2, pytest's convention)."""
+
+    exit_code = 2
+
+
+class NothingTested(EvaluationInputError):
+    """An evaluation that could run no test at all (no shared feature, every metric below its minimum)."""
+
+
+class TooFewNullTrials(EvaluationInputError):
+    """Fewer null splits than the requested false-alarm probability needs."""
 
 
 # --- models and training ---------------------------------------------------------------------------------
