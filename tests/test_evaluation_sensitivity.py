@@ -227,11 +227,11 @@ def test_cli_on_event_files_writes_the_physics_report(run_cli, small_event_files
 
 
 def test_demo_step_compares_two_generated_samples(vbes_home: Path, small_event_files) -> None:
-    from vbes.evaluation import demo_step
+    from vbes.demo import evaluation_step
 
     from vbes.settings import load_settings
 
     sample, reference = small_event_files
-    result = demo_step(load_settings(), sample, reference)
+    result = evaluation_step(load_settings(), sample, reference)
     assert (vbes_home / "reports" / "evaluation" / "report.html").is_file()
     assert result.channel == "mumu" and result.n_used == 6000

@@ -7,6 +7,7 @@ what it did; the steps compose the components' public APIs, and no component kno
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +22,9 @@ from vbes.settings import Settings
 
 if TYPE_CHECKING:
     from vbes.archive import AuditReport
+    from vbes.evaluation import Evaluation
 
-__all__ = ["demo", "STEPS", "archive_step", "calibration_step", "reference_samples"]
+__all__ = ["demo", "STEPS", "archive_step", "calibration_step", "evaluation_step", "reference_samples"]
 
 
 def calibration_step(settings: Settings) -> None:
@@ -162,6 +164,38 @@ def archive_step(
         return report
 
 
+def evaluation_step(
+    settings: Settings,
+    sample: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    report_dir: str | os.PathLike[str] | None = None,
+) -> Evaluation:
+    """The evaluation step: compare two generated samples and write the report.
+
+    Args:
+        settings: the :class:`vbes.settings.Settings` (the report goes under its home folder by default).
+        sample: event file A (e.g. a second seed of a channel, later a model's output).
+        reference: event file B (needs about twice A's events for full size matching).
+        report_dir: where to write (default ``$VBES_HOME/reports/evaluation``).
+    """
+    from vbes.evaluation import EvaluationConfig, check_gates, evaluate, write_report
+
+    folder = Path(report_dir) if report_dir is not None else Path(settings.home) / "reports" / "evaluation"
+    config = EvaluationConfig(classifier_folds=3)
+    result = evaluate(sample, reference, config=config, progress=lambda m: click.echo(f"   {m}"))
+    outcome = check_gates(result.flat(), None, "reference", result.channel)
+    paths = write_report(result, folder, outcome.as_dict())
+    auc = result.test("classifier/auc") if any(t.name == "classifier/auc" for t in result.tests) else None
+    click.echo(
+        f"   {Path(sample).name} vs {Path(reference).name} ({result.channel}): "
+        f"{result.n_hypotheses - len(result.findings)}/{result.n_hypotheses} hypotheses passed (Holm)"
+        + (f", classifier AUC {auc.value:.4f} +- {auc.details['auc_error']:.4f}" if auc else "")
+    )
+    click.echo(f"   gates ({outcome.family}): {'passed' if outcome.passed else 'FAILED'}")
+    click.echo(f"   report {paths['html']}")
+    return result
+
+
 def _step_calibration(settings: Settings, state: dict[str, Any]) -> None:
     calibration_step(settings)
 
@@ -200,10 +234,8 @@ def _step_train(settings: Settings, state: dict[str, Any]) -> None:
 
 
 def _step_evaluate(settings: Settings, state: dict[str, Any]) -> None:
-    from vbes.evaluation import demo_step
-
     sample, reference = state["evaluation_pair"]
-    demo_step(settings, sample=sample, reference=reference, report_dir=settings.home / "reports" / "mumu")
+    evaluation_step(settings, sample=sample, reference=reference, report_dir=settings.home / "reports" / "mumu")
 
 
 STEPS: list[tuple[str, Callable[[Settings, dict[str, Any]], None]]] = [
