@@ -107,7 +107,8 @@ def test_vbes_evaluate_refuses_an_altered_sample(clean_file: Path, tmp_path: Pat
     path = _copy(clean_file, tmp_path)
     _alter_value(path, "tracks", "helix_cov")  # a field the evaluation itself does not use
     result = run_cli("evaluate", "--sample", path, "--reference", clean_file, "--report", tmp_path / "report")
-    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    # bad input, not a failed comparison: `vbes evaluate` exits 2 (pytest's convention)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "tracks.helix_cov differs" in result.stderr
     assert not (tmp_path / "report").exists()
 
