@@ -7,6 +7,7 @@ what it did; the steps compose the components' public APIs, and no component kno
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -224,6 +225,11 @@ def _step_archive(settings: Settings, state: dict[str, Any]) -> None:
 def _step_train(settings: Settings, state: dict[str, Any]) -> None:
     from vbes.training import train
 
+    # the demo prints one line per model: MLflow's and Lightning's own chatter stays out of it
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for logger in ("lightning", "lightning.pytorch"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
     configs = resources.files("vbes.training") / "configs"
     for name in ("smoke-record-ae.yaml", "smoke-track-flow.yaml"):
         with resources.as_file(configs / name) as config:
