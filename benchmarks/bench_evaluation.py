@@ -18,8 +18,12 @@ Calibration (``--calibration``), on mu mu and rho pi at 2e4 events per sample (r
   widened, a 5 % tracking-efficiency drop, broken track pairing): the fraction of tries in which each test family
   rejected, and the smallest detected distortion per family.
 
+Each failed null evaluation is listed with its seeds and every rejected hypothesis (test, p-value, Holm level),
+so that a false alarm can be traced to a test, a family or a reference.
+
 Run: ``python benchmarks/bench_evaluation.py [--events 1000000] [--features 20] [--channel rhopi]`` or
-``nice -n 10 python benchmarks/bench_evaluation.py --calibration [--null-evaluations 120] [--workers 2]``.
+``nice -n 10 python benchmarks/bench_evaluation.py --calibration [--null-evaluations 120] [--workers 2]
+[--channels rhopi] [--ladder fine|none]`` (one channel; only the x1.0005 momentum rung, or no power ladder).
 """
 
 from __future__ import annotations
@@ -178,8 +182,9 @@ def _one_evaluation(job: tuple[str, int, int, str | None, int, int]) -> dict[str
     # the default seed: samples differ by their generator seeds; a fixed seed keeps one cached reference per block
     config = EvaluationConfig(null_trials=0, alpha=ALPHA)
     result = evaluate(tables, reference, config=config, null_cache=_CACHE)
+    failures = [(t.name, family_of(t.name), t.pvalue, t.threshold) for t in result.tests if t.counted and not t.passed]
     return {"channel": channel, "distortion": distortion, "passed": result.passed, "families": _families(result),
-            "seconds": result.timings["total"]}
+            "seconds": result.timings["total"], "seeds": (reference_seed, sample_seed), "failures": failures}
 
 
 _REFERENCES: dict[tuple[str, int], Any] = {}
@@ -188,13 +193,16 @@ _CACHE: dict[Any, Any] = {}
 
 def calibration(args: argparse.Namespace) -> None:
     """False-alarm rate, null z per family and the power ladder, on mu mu and rho pi."""
-    channels = ("mumu", "rhopi")
+    channels = tuple(args.channels)
     jobs = []
-    for c, channel in enumerate(channels):
+    for channel in channels:
+        c = ("mumu", "rhopi").index(channel)  # seeds depend on the channel only, not on which others run
         for k in range(args.null_evaluations):
             reference_seed = 10_000 * (c + 1) + k // args.per_reference
             jobs.append((channel, reference_seed, 500_000 + 10_000 * c + k, None, k, args.calibration_events))
         for d, (name, _, _) in enumerate(LADDER):
+            if args.ladder == "none" or (args.ladder == "fine" and name != "momentum scale x1.0005"):
+                continue
             tries = args.tries_fine if name == "momentum scale x1.0005" else args.tries
             for k in range(tries):
                 jobs.append((channel, 10_000 * (c + 1) + 90 + k % 2, 900_000 + 10_000 * c + 100 * d + k, name, k,
@@ -210,6 +218,12 @@ def calibration(args: argparse.Namespace) -> None:
     print(f"\n{len(jobs)} evaluations at {args.calibration_events} events per sample in "
           f"{time.perf_counter() - t0:.0f} s "
           f"({args.workers} workers; median {np.median([r['seconds'] for r in results]):.1f} s per evaluation)")
+
+    print("\nFailed null evaluations: (reference seed, sample seed) and each rejected hypothesis (p, Holm level)")
+    for r in results:
+        if r["distortion"] is None and not r["passed"]:
+            print(f"  {r['channel']:6s} {r['seeds']}: " + "; ".join(
+                f"{name} p={p:.2e} < {level:.2e}" for name, _, p, level in r["failures"]))
 
     print(f"\nFamily-wise false-alarm rate (alpha = {ALPHA:g}, target [{ALPHA / 4:g}, {ALPHA:g}])")
     print(f"  {'channel':10s} {'evaluations':>11s} {'failed':>6s} {'rate':>7s}   95 % interval")
@@ -269,6 +283,10 @@ def main() -> None:
     parser.add_argument("--per-reference", type=int, default=30, help="null evaluations sharing one reference")
     parser.add_argument("--tries", type=int, default=3, help="tries per ladder rung")
     parser.add_argument("--tries-fine", type=int, default=10, help="tries at the x1.0005 momentum scale")
+    parser.add_argument("--channels", nargs="+", choices=("mumu", "rhopi"), default=["mumu", "rhopi"],
+                        help="calibration channels")
+    parser.add_argument("--ladder", choices=("full", "fine", "none"), default="full",
+                        help="power ladder: every rung, only the x1.0005 momentum scale, or none")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--calibration-events", type=int, default=N_CALIBRATION, help="events per sample")
     args = parser.parse_args()
