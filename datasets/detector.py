@@ -64,11 +64,16 @@ __all__ = [
     "SIM_CONSTANTS_FILE",
     "csi_dedx_mean",
     "csi_mip_deposit",
+    "dedx_chi",
     "dedx_curve",
     "default_constants",
+    "emc_impact",
+    "emc_surface_point",
     "helix_momentum",
     "helix_momentum_covariance",
     "simulate_detector",
+    "tof_chi",
+    "tof_path",
     "true_helix",
 ]
 
@@ -185,6 +190,65 @@ def _charge_and_hypothesis(pdg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return charge * np.sign(pdg), hypo
 
 
+def dedx_chi(measured: np.ndarray, p: np.ndarray, nhits: np.ndarray, dedx: Mapping[str, Any]) -> np.ndarray:
+    """dE/dx χ per hypothesis (e, μ, π, K, p), ``(n, 5)``, as the reconstruction computes it: the measured normPH
+    against the expectation at the measured momentum, in units of the resolution for ``nhits`` hits.
+
+    Args:
+        measured: measured dE/dx (normPH).
+        p: measured momentum (GeV/c).
+        nhits: dE/dx hits used.
+        dedx: the ``Dedx`` payload's constants.
+    """
+    sigma = dedx["sigma_rel"] * np.sqrt(dedx["hits_mean"] / np.asarray(nhits))
+    expected = dedx_curve(np.asarray(p)[:, None] / _MASSES[None, :], dedx)
+    return (np.asarray(measured)[:, None] - expected) / (sigma[:, None] * expected)
+
+
+def tof_path(helix: np.ndarray, cos_theta: np.ndarray, tof: Mapping[str, Any],
+             bfield: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flight path (cm) along the measured helix to the TOF barrel cylinder or endcap plane, whether the track
+    points at the barrel, and whether it can reach a counter at all (before the counters' efficiency).
+
+    Args:
+        helix: ``(n, 5)`` measured helices.
+        cos_theta: measured cos θ.
+        tof: the ``Tof`` payload's constants.
+        bfield: solenoid field (T).
+    """
+    pt = 1.0 / np.abs(helix[:, 2])
+    radius = CM_PER_GEV_TESLA * pt / bfield
+    abs_cos = np.abs(cos_theta)
+    barrel = abs_cos < tof["barrel_cos_max"]
+    endcap = (abs_cos > tof["endcap_cos"][0]) & (abs_cos < tof["endcap_cos"][1])
+    r_tof = float(tof["barrel_radius_cm"])
+    reaches = 2 * radius > r_tof
+    arc_barrel = 2 * radius * np.arcsin(np.minimum(r_tof / (2 * radius), 1.0))
+    tanl = np.abs(helix[:, 4])
+    arc_endcap = (tof["endcap_z_cm"] - np.sign(helix[:, 4]) * helix[:, 3]) / np.maximum(tanl, 1e-6)
+    arc = np.where(barrel, arc_barrel, arc_endcap)
+    reachable = (barrel & reaches) | (endcap & (arc_endcap < np.pi * radius))
+    return arc * np.sqrt(1 + helix[:, 4] ** 2), barrel, reachable
+
+
+def tof_chi(tof: np.ndarray, path: np.ndarray, p: np.ndarray, barrel: np.ndarray,
+            constants: Mapping[str, Any]) -> np.ndarray:
+    """TOF χ per hypothesis, ``(n, 5)``: measured time against the flight time of each mass at the measured
+    momentum over ``path``, in units of the barrel's or endcap's resolution.
+
+    Args:
+        tof: measured times (ns).
+        path: flight paths (cm), :func:`tof_path`.
+        p: measured momenta (GeV/c).
+        barrel: whether each track points at the barrel.
+        constants: the ``Tof`` payload's constants.
+    """
+    sigma_t = np.where(barrel, float(constants["sigma_barrel_ns"]), float(constants["sigma_endcap_ns"]))
+    p = np.asarray(p)
+    t_expected = path[:, None] * np.sqrt(p[:, None] ** 2 + _MASSES[None, :] ** 2) / (p[:, None] * C_CM_PER_NS)
+    return (np.asarray(tof)[:, None] - t_expected) / sigma_t[:, None]
+
+
 def _tracks(truth: Mapping[str, np.ndarray], sel: np.ndarray, hits: HitPattern, c: Constants,
             rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Reconstructed tracks of the final charged particles ``sel`` (truth row indices) with their MDC hits."""
@@ -225,35 +289,21 @@ def _tracks(truth: Mapping[str, np.ndarray], sel: np.ndarray, hits: HitPattern, 
                     dedx_c["hits_min"], None).astype(np.int16)
     sigma = dedx_c["sigma_rel"] * np.sqrt(dedx_c["hits_mean"] / nhits)
     measured = dedx_curve(p_true / _MASSES[hypo], dedx_c) * (1.0 + sigma * rng.standard_normal(n))
-    expected = dedx_curve(p[:, None] / _MASSES[None, :], dedx_c)
     out["dedx"] = measured
     out["dedx_ph"] = to_field_unit(measured, "normPH", "tracks", "dedx_ph")
     out["dedx_nhits"] = nhits
-    out["chi_dedx"] = (measured[:, None] - expected) / (sigma[:, None] * expected)
+    out["chi_dedx"] = dedx_chi(measured, p, nhits, dedx_c)
 
     # TOF: path along the helix to the barrel cylinder or the endcap plane
-    radius = CM_PER_GEV_TESLA * pt / bfield
-    abs_cos = np.abs(cos_theta)
-    barrel = abs_cos < tof_c["barrel_cos_max"]
-    endcap = (abs_cos > tof_c["endcap_cos"][0]) & (abs_cos < tof_c["endcap_cos"][1])
-    r_tof = float(tof_c["barrel_radius_cm"])
-    reaches = 2 * radius > r_tof
-    arc_barrel = 2 * radius * np.arcsin(np.minimum(r_tof / (2 * radius), 1.0))
-    tanl = np.abs(helix[:, 4])
-    arc_endcap = (tof_c["endcap_z_cm"] - np.sign(helix[:, 4]) * helix[:, 3]) / np.maximum(tanl, 1e-6)
-    arc = np.where(barrel, arc_barrel, arc_endcap)
-    hit = ((barrel & reaches) | (endcap & (arc_endcap < np.pi * radius))) & \
-        (rng.random(n) < tof_c["efficiency"])
-    path = arc * np.sqrt(1 + helix[:, 4] ** 2)
+    path, barrel, reachable = tof_path(helix, cos_theta, tof_c, bfield)
+    hit = reachable & (rng.random(n) < tof_c["efficiency"])
     # true time: the particle's own speed over its true path (from its production point)
     t_true = path / (beta_true * C_CM_PER_NS)
     sigma_t = np.where(barrel, float(tof_c["sigma_barrel_ns"]), float(tof_c["sigma_endcap_ns"]))
     tof = t_true + sigma_t * rng.standard_normal(n)
-    t_expected = path[:, None] * np.sqrt(p[:, None] ** 2 + _MASSES[None, :] ** 2) / (p[:, None] * C_CM_PER_NS)
-    chi_tof = (tof[:, None] - t_expected) / sigma_t[:, None]
     out["tof"] = np.where(hit, tof, np.nan)
     out["tof_path"] = np.where(hit, path, np.nan)
-    out["chi_tof"] = np.where(hit[:, None], chi_tof, np.nan)
+    out["chi_tof"] = np.where(hit[:, None], tof_chi(tof, path, p, barrel, tof_c), np.nan)
     out["_hypo"] = hypo
     out["_charge_true"] = charge
     return out
@@ -280,9 +330,14 @@ def _muc_depth(pdg: np.ndarray, p: np.ndarray, cos_theta: np.ndarray, c: Mapping
     return np.where(inside, depth, 0.0)
 
 
-def _impact(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, vz: np.ndarray,
-            emc: Mapping[str, Any], bfield: float) -> tuple[np.ndarray, ...]:
-    """Impact point on the EMC (barrel cylinder or endcap plane) along the helix (straight for neutrals)."""
+def emc_impact(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, vz: np.ndarray,
+               emc: Mapping[str, Any], bfield: float) -> tuple[np.ndarray, ...]:
+    """Impact point on the EMC (barrel cylinder or endcap plane) along the helix (straight for neutrals).
+
+    Returns:
+        ``(reaches, barrel, r, phi, z)``: whether the particle reaches the EMC, whether at the barrel, and the
+        impact point's transverse radius (cm), azimuth and z (cm).
+    """
     pt = np.maximum(np.hypot(px, py), 1e-9)
     p = np.sqrt(pt**2 + pz**2)
     cos_theta = pz / p
@@ -305,6 +360,23 @@ def _impact(charge: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray, 
     r = np.where(barrel, r_b, 2 * radius * np.sin(np.minimum(half_turn_e, np.pi / 2)))
     z = np.where(barrel, vz + arc_b * tanl, np.sign(pz) * z_end)
     return reaches, barrel, r, phi, z
+
+
+def emc_surface_point(theta: np.ndarray, phi: np.ndarray, emc: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+    """Where a shower direction ``(θ, φ)`` from the origin meets the EMC's crystal faces, as the DST stores a
+    shower position: the barrel cylinder for ``|cos θ|`` below the barrel's edge, else the endcap plane.
+
+    Returns:
+        ``(x, y, z, module)`` in cm, module 0 the endcap at z > 0, 1 the barrel, 2 the endcap at z < 0.
+    """
+    cos_t = np.cos(theta)
+    sin_t = np.maximum(np.sin(theta), 1e-9)
+    barrel = np.abs(cos_t) < emc["barrel_cos_max"]
+    r_b, z_e = float(emc["barrel_radius_cm"]), float(emc["endcap_z_cm"])
+    r = np.where(barrel, r_b, z_e * sin_t / np.maximum(np.abs(cos_t), 1e-9))
+    z = np.where(barrel, r_b * cos_t / sin_t, np.sign(cos_t) * z_e)
+    module = np.where(barrel, 1, np.where(z > 0, 0, 2)).astype(np.int8)
+    return r * np.cos(phi), r * np.sin(phi), z, module
 
 
 def _shower_shapes(kind: np.ndarray, energy: np.ndarray, shapes: Mapping[str, Any],
@@ -391,7 +463,7 @@ def _showers(truth: Mapping[str, np.ndarray], brem_parent: np.ndarray, n_events:
         charge[apdg == code] = q
     charge *= np.sign(pdg)
     px, py, pz, e = (truth[k][final] for k in ("px", "py", "pz", "e"))
-    reaches, barrel, r, phi, z = _impact(charge, px, py, pz, truth["vz"][final], emc, bfield)
+    reaches, barrel, r, phi, z = emc_impact(charge, px, py, pz, truth["vz"][final], emc, bfield)
     mass = np.sqrt(np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0))
     kinetic = e - mass
     n = final.size

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from vbes.datasets.numeric import same_event_pairs
 
-__all__ = ["emc_cell_id", "shower_dst_fields"]
+__all__ = ["emc_cell_id", "reconstructed_shower_fields", "shower_dst_fields"]
 
 
 @cache
@@ -90,6 +90,34 @@ def _split_cluster(event: np.ndarray, xyz: np.ndarray, energy: np.ndarray, dista
     return out
 
 
+def reconstructed_shower_fields(showers: Mapping[str, np.ndarray], event: np.ndarray,
+                                emc: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The fields BOSS's reconstruction computes from a shower's energy, position and neighbours (no randomness):
+    ``energy_err``, ``theta_err``, ``phi_err``, ``cell_id`` and ``status``.
+
+    Args:
+        showers: shower columns ``energy``, ``x``, ``y``, ``z``, ``theta``, ``phi``, ``module``.
+        event: event of each shower (within the batch).
+        emc: the ``Emc`` payload's constants (``sigma_pos_*`` and the ``dst_fields`` block).
+    """
+    c = emc["dst_fields"]
+    energy = np.asarray(showers["energy"], float)
+    e_pos = np.maximum(energy, 1e-4)
+    x, y, z = (np.asarray(showers[k], float) for k in ("x", "y", "z"))
+    sigma_pos = np.hypot(emc["sigma_pos_stochastic_cm"] / np.sqrt(e_pos), emc["sigma_pos_constant_cm"])
+    phi_err = sigma_pos / np.maximum(np.hypot(x, y), 1.0)
+    split = _split_cluster(event, np.stack([x, y, z], 1), energy, float(c["split_cluster_distance_cm"]),
+                           float(c["split_cluster_min_energy_gev"]))
+    return {
+        "energy_err": energy * np.hypot(c["energy_err_stochastic"] / np.sqrt(e_pos), c["energy_err_constant"]),
+        "theta_err": phi_err * float(c["theta_over_phi_err"]),
+        "phi_err": phi_err,
+        "cell_id": emc_cell_id(np.asarray(showers["module"]), np.asarray(showers["theta"], float),
+                               np.asarray(showers["phi"], float)),
+        "status": np.where(split, 2, 1).astype(np.int32),
+    }
+
+
 def shower_dst_fields(showers: Mapping[str, np.ndarray], event: np.ndarray, emc: Mapping[str, Any],
                       rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The DST fields of :mod:`this module <vbes.datasets.emcfields>` for a batch of showers.
@@ -102,28 +130,21 @@ def shower_dst_fields(showers: Mapping[str, np.ndarray], event: np.ndarray, emc:
         rng: random stream.
     """
     c = emc["dst_fields"]
-    energy = np.asarray(showers["energy"], float)
-    e_pos = np.maximum(energy, 1e-4)
-    n = energy.size
-    x, y, z = (np.asarray(showers[k], float) for k in ("x", "y", "z"))
-    sigma_pos = np.hypot(emc["sigma_pos_stochastic_cm"] / np.sqrt(e_pos), emc["sigma_pos_constant_cm"])
-    phi_err = sigma_pos / np.maximum(np.hypot(x, y), 1.0)
+    n = np.asarray(showers["energy"]).size
     single = np.asarray(showers["n_crystals"]) <= 1
     seed_fraction = np.where(single, float(c["seed_fraction_single"]),
                              rng.beta(c["seed_fraction_beta"][0], c["seed_fraction_beta"][1], n))
     lat = np.asarray(showers["lat_moment"], float)
     a20 = c["a20_vs_lat"][0] + c["a20_vs_lat"][1] * lat + c["a20_vs_lat"][2] * rng.standard_normal(n)
     a42 = c["a42_vs_lat"][0] + c["a42_vs_lat"][1] * lat + c["a42_vs_lat"][2] * rng.standard_normal(n)
-    split = _split_cluster(event, np.stack([x, y, z], 1), energy, float(c["split_cluster_distance_cm"]),
-                           float(c["split_cluster_min_energy_gev"]))
+    fields = reconstructed_shower_fields(showers, event, emc)
     return {
-        "energy_err": energy * np.hypot(c["energy_err_stochastic"] / np.sqrt(e_pos), c["energy_err_constant"]),
+        "energy_err": fields["energy_err"],
         "e_seed": np.asarray(showers["e3x3"], float) * seed_fraction,
-        "theta_err": phi_err * float(c["theta_over_phi_err"]),
-        "phi_err": phi_err,
+        "theta_err": fields["theta_err"],
+        "phi_err": fields["phi_err"],
         "a20_moment": np.clip(a20, 0.0, 1.0),
         "a42_moment": np.clip(a42, 0.0, 1.0),
-        "cell_id": emc_cell_id(np.asarray(showers["module"]), np.asarray(showers["theta"], float),
-                               np.asarray(showers["phi"], float)),
-        "status": np.where(split, 2, 1).astype(np.int32),
+        "cell_id": fields["cell_id"],
+        "status": fields["status"],
     }

@@ -48,6 +48,7 @@ __all__ = [
     "JPSI_MASS",
     "PDG_BRANCHING",
     "JpsiGenerator",
+    "beam_spot_vertices",
     "boost_x",
     "jpsi_table",
     "pythia_version",
@@ -167,6 +168,26 @@ def boost_x(e: np.ndarray, px: np.ndarray, beta: float) -> tuple[np.ndarray, np.
     """Lorentz boost of ``(e, px)`` (or ``(t, x)``) by velocity ``beta`` along +x; returns ``(e', px')``."""
     gamma = 1.0 / np.sqrt(1.0 - beta * beta)
     return gamma * (e + beta * px), gamma * (px + beta * e)
+
+
+def beam_spot_vertices(beam: Mapping[str, float], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` primary vertices (n, 3) in cm drawn from the beam spot: independent Gaussians in x, y, z.
+
+    Args:
+        beam: ``offset_{x,y,z}_cm`` and ``sigma_{x,y,z}_cm`` (keys of :data:`DEFAULT_BEAM`, the ``Beam`` payload).
+        n: number of vertices.
+        rng: the generator drawn from (x for all vertices, then y, then z).
+
+    Example:
+        >>> v = beam_spot_vertices(DEFAULT_BEAM, 4, np.random.default_rng(1))
+        >>> v.shape
+        (4, 3)
+    """
+    return np.stack([
+        rng.normal(beam["offset_x_cm"], beam["sigma_x_cm"], n),
+        rng.normal(beam["offset_y_cm"], beam["sigma_y_cm"], n),
+        rng.normal(beam["offset_z_cm"], beam["sigma_z_cm"], n),
+    ], 1)
 
 
 def _boost_to_rest(p: np.ndarray, e: np.ndarray, frame_p: np.ndarray, frame_e: np.ndarray) -> np.ndarray:
@@ -425,11 +446,7 @@ class JpsiGenerator:
         e, px = boost_x(rec.p[:, 3], rec.p[:, 0], beta)
         _t, x = boost_x(rec.v[:, 3], rec.v[:, 0], beta)
         n = rec.n_events
-        primary = np.stack([
-            rng.normal(beam["offset_x_cm"], beam["sigma_x_cm"], n),
-            rng.normal(beam["offset_y_cm"], beam["sigma_y_cm"], n),
-            rng.normal(beam["offset_z_cm"], beam["sigma_z_cm"], n),
-        ], 1)
+        primary = beam_spot_vertices(beam, n, rng)
         ev = rec.event
         return {
             "n_truth": np.bincount(ev, minlength=n).astype(np.int32),

@@ -79,6 +79,7 @@ CHANNELS: dict[str, int] = {
     "mumu": 4,
     "ppbar": 5,
     "inclusive": 6,
+    "gun": 7,  # single particles of a particle gun (vbes.datasets.gun)
 }
 
 

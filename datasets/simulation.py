@@ -1,10 +1,12 @@
-"""Reference samples: Pythia 8 J/ψ decays + the BESIII-like detector response, with constants per run range.
+"""Reference samples: Pythia 8 J/ψ decays (or a particle gun) + the BESIII-like detector response, per run range.
 
 ``simulate`` builds the four tables in memory; ``generate_sample`` streams them into an event file with full
 provenance. Events get run numbers spread evenly over ``[first, last]`` (negative for MC); runs whose
 calibration payloads are the same form one group, simulated with that group's constants, and the file records
 the SHA-256 of every payload used. Work is cut into chunks of at most ``chunk_events`` events whose random
-streams depend only on ``(seed, chunk index)``, so the arrays are the same for any number of workers.
+streams depend only on ``(seed, chunk index)``, so the arrays are the same for any number of workers. Channel
+``gun`` shoots single particles (:class:`vbes.datasets.gun.ParticleGun`, described by a
+:class:`~vbes.datasets.gun.GunSpec`) through the same material and detector.
 
 Example:
     >>> tables = simulate("mumu", 20, runs=(-10000, -9991), seed=1)
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 from vbes.datasets.detector import REQUIRED_PAYLOAD_TYPES, SIM_CONSTANTS_FILE, simulate_detector
 from vbes.datasets.generator import GENERATOR_CHANNELS, JpsiGenerator, pythia_version
+from vbes.datasets.gun import GUN_GENERATOR, GUN_VERSION, GunSpec, ParticleGun
 from vbes.datasets.schema import channel_code
 
 from vbes.errors import InvalidInput, PayloadNotFound
@@ -31,19 +34,24 @@ from vbes.errors import InvalidInput, PayloadNotFound
 __all__ = [
     "DETECTOR_MODEL",
     "DETECTOR_MODEL_VERSION",
+    "SIMULATION_CHANNELS",
     "SIM_TAG",
     "assign_runs",
     "generate_sample",
     "iter_simulated",
     "parse_runs",
     "simulate",
+    "truth_status_flags",
 ]
 
 SIM_TAG = "BOSS-6.6.4-sim-2"
 DETECTOR_MODEL = "vbes BESIII-like parametric response"
 DETECTOR_MODEL_VERSION = "2"
 _CHUNK_EVENTS = 50_000
-_MC_FROM_GENERATOR, _MC_LEAF = 1, 8
+#: channels :func:`simulate` takes: the J/ψ generator's and ``gun`` (single particles, needs a ``GunSpec``)
+SIMULATION_CHANNELS = (*GENERATOR_CHANNELS, "gun")
+# BOSS McParticle status bits: 1 decayed by (or made by) the generator, 2 decayed in flight (Geant4), 8 a leaf
+_MC_FROM_GENERATOR, _MC_DECAYED_IN_FLIGHT, _MC_LEAF = 1, 2, 8
 
 Tables = dict[str, dict[str, np.ndarray]]
 #: wraps the iterator of chunks, e.g. ``lambda chunks, total: vbes.cli.progress(chunks, total=total)``
@@ -150,19 +158,24 @@ def _plan(n_events: int, runs: tuple[int, int], resolver: Any, tag: str,
     return chunks, {t: sorted(s) for t, s in used.items()}
 
 
-_WORKER_GENERATORS: dict[tuple[str, int, bool], JpsiGenerator] = {}
+_WORKER_GENERATORS: dict[tuple[str, int, bool, GunSpec | None], JpsiGenerator | ParticleGun] = {}
+# one job: channel, seed, fsr, material, the chunk, the gun (channel "gun" only)
+_Job = tuple[str, int, bool, bool, _Chunk, GunSpec | None]
 
 
-def _simulate_chunk(channel: str, seed: int, fsr: bool, material: bool, chunk: _Chunk) -> Tables:
-    key = (channel, seed, fsr)
-    if key not in _WORKER_GENERATORS:  # one Pythia set per process, reseeded per chunk
-        _WORKER_GENERATORS[key] = JpsiGenerator(channel, seed=seed, fsr=fsr)
+def _simulate_chunk(channel: str, seed: int, fsr: bool, material: bool, chunk: _Chunk,
+                    gun: GunSpec | None = None) -> Tables:
+    key = (channel, seed, fsr, gun)
+    if key not in _WORKER_GENERATORS:  # one Pythia set (or gun) per process, reseeded per chunk
+        _WORKER_GENERATORS[key] = (ParticleGun(gun, seed=seed) if gun is not None
+                                   else JpsiGenerator(channel, seed=seed, fsr=fsr))
     n = int(chunk.run.size)
     truth = _WORKER_GENERATORS[key].generate(n, chunk=chunk.index, beam=chunk.constants["Beam"])
     rng = np.random.default_rng(np.random.SeedSequence([seed, chunk.index, 1]))
     constants = chunk.constants
     if not material:  # the tag's Material payload, switched off (what FSR alone gives)
         constants = {**constants, "Material": {**constants["Material"], "enabled": False}}
+    generated = truth
     reco = simulate_detector(truth, constants, rng)
     truth = reco["truth"]  # with the secondaries made in the beam pipe and the MDC
     events = {
@@ -175,19 +188,46 @@ def _simulate_chunk(channel: str, seed: int, fsr: bool, material: bool, chunk: _
         "weight": np.ones(n, np.float32),
     }
     truth_table = {k: truth[k] for k in ("pdg", "mother", "px", "py", "pz", "e", "vx", "vy", "vz", "final")}
-    # BOSS McParticle bits as the real DST sets them for generator particles: 1 from the generator, 8 a leaf
-    truth_table["status_flags"] = np.where(truth["final"].astype(bool), _MC_FROM_GENERATOR | _MC_LEAF,
-                                           _MC_FROM_GENERATOR).astype(np.int32)
+    truth_table["status_flags"] = truth_status_flags(generated, truth)
     return {"events": events, "tracks": reco["tracks"], "showers": reco["showers"], "truth": truth_table}
 
 
-def _star(args: tuple[str, int, bool, bool, _Chunk]) -> Tables:
+def truth_status_flags(generated: Mapping[str, np.ndarray], propagated: Mapping[str, np.ndarray]) -> np.ndarray:
+    """BOSS McParticle status bits of the truth record after the material, as the real DST sets them.
+
+    Generator particles carry 1 (and 8 when they are leaves); a final particle of the generator that the material
+    converted or decayed carries 1 | 2 (decayed in flight); secondaries made in the material carry 8 alone, as
+    Geant4's do in BOSS -- so the generator's final state is ``flags & 1 and flags & (2 | 8)``.
+
+    Args:
+        generated: the generator's truth (``n_truth``, ``final``), before the material.
+        propagated: the truth after :func:`vbes.datasets.material.propagate` (the generator's rows of each event
+            first, in their order, then the secondaries).
+    """
+    n_gen = np.asarray(generated["n_truth"], dtype=np.int64)
+    n_all = np.asarray(propagated["n_truth"], dtype=np.int64)
+    event = np.repeat(np.arange(n_all.size), n_all)
+    position = np.arange(event.size) - np.repeat(np.cumsum(n_all) - n_all, n_all)
+    from_generator = position < n_gen[event]
+    final = np.asarray(propagated["final"]).astype(bool)
+    was_final = np.zeros(event.size, bool)
+    was_final[from_generator] = np.asarray(generated["final"]).astype(bool)
+    flags = np.where(from_generator, _MC_FROM_GENERATOR, 0) | np.where(final, _MC_LEAF, 0)
+    flags |= np.where(was_final & ~final, _MC_DECAYED_IN_FLIGHT, 0)
+    return flags.astype(np.int32)
+
+
+def _star(args: _Job) -> Tables:
     return _simulate_chunk(*args)
 
 
-def _check(channel: str, n_events: int, runs: Sequence[int]) -> tuple[int, int]:
-    if channel not in GENERATOR_CHANNELS:
-        raise InvalidInput(f"unknown channel {channel!r}; known: {', '.join(GENERATOR_CHANNELS)}")
+def _check(channel: str, n_events: int, runs: Sequence[int], gun: GunSpec | None = None) -> tuple[int, int]:
+    if channel not in SIMULATION_CHANNELS:
+        raise InvalidInput(f"unknown channel {channel!r}; known: {', '.join(SIMULATION_CHANNELS)}")
+    if channel == "gun" and gun is None:
+        raise InvalidInput("channel 'gun' needs a gun specification (species, momentum and cos(theta) ranges)")
+    if channel != "gun" and gun is not None:
+        raise InvalidInput(f"a gun specification is for channel 'gun', not {channel!r}")
     if n_events < 1:
         raise InvalidInput(f"number of events must be positive, not {n_events}")
     first, last = int(runs[0]), int(runs[1])
@@ -197,16 +237,16 @@ def _check(channel: str, n_events: int, runs: Sequence[int]) -> tuple[int, int]:
 
 def iter_simulated(channel: str, n_events: int, runs: Sequence[int] = (-10000, -9001), seed: int = 0,
                    fsr: bool = True, store: Any = None, tag: str = SIM_TAG, workers: int = 1,
-                   chunk_events: int = _CHUNK_EVENTS, material: bool = True,
+                   chunk_events: int = _CHUNK_EVENTS, material: bool = True, gun: GunSpec | None = None,
                    ) -> tuple[Iterator[Tables], dict[str, list[str]]]:
     """Chunks of simulated events in event order, and the payloads used (``{type: [sha256, ...]}``).
 
     Args:
-        channel: one of ``rhopi``, ``kskpi``, ``ee``, ``mumu``, ``ppbar``, ``inclusive``.
+        channel: one of ``rhopi``, ``kskpi``, ``ee``, ``mumu``, ``ppbar``, ``inclusive``, ``gun``.
         n_events: number of events.
         runs: ``(first, last)`` run range; negative for MC.
         seed: master seed; the same seed gives the same arrays (for any ``workers``).
-        fsr: final-state radiation in decays.
+        fsr: final-state radiation in decays (the gun has none: ignored there).
         material: the material effects of the tag's ``Material`` payload (bremsstrahlung, conversions, decays
             in flight, hadronic interactions); ``False`` switches them off, e.g. to compare with FSR alone.
         store: a :class:`vbes.calibration.CalibrationStore`; ``None`` reads the simulation tag's YAML file
@@ -214,21 +254,26 @@ def iter_simulated(channel: str, n_events: int, runs: Sequence[int] = (-10000, -
         tag: the global tag to resolve constants from.
         workers: processes to use.
         chunk_events: events per chunk (the unit of work and of determinism).
+        gun: what the particle gun shoots; required for channel ``gun``, refused for the others.
+
+    Raises:
+        InvalidInput: an unknown channel, no events, a bad run range, a gun specification missing (``gun``)
+            or given for a J/ψ channel.
     """
-    jobs, used = _jobs(channel, n_events, runs, seed, fsr, store, tag, chunk_events, material)
+    jobs, used = _jobs(channel, n_events, runs, seed, fsr, store, tag, chunk_events, material, gun)
     return _run(jobs, workers), used
 
 
 def _jobs(channel: str, n_events: int, runs: Sequence[int], seed: int, fsr: bool, store: Any, tag: str,
-          chunk_events: int = _CHUNK_EVENTS, material: bool = True,
-          ) -> tuple[list[tuple[str, int, bool, bool, _Chunk]], dict[str, list[str]]]:
-    first_last = _check(channel, n_events, runs)
+          chunk_events: int = _CHUNK_EVENTS, material: bool = True, gun: GunSpec | None = None,
+          ) -> tuple[list[_Job], dict[str, list[str]]]:
+    first_last = _check(channel, n_events, runs, gun)
     resolver = _YamlConstants() if store is None else _StoreConstants(store, tag)
     chunks, used = _plan(n_events, first_last, resolver, tag, chunk_events)
-    return [(channel, seed, fsr, material, c) for c in chunks], used
+    return [(channel, seed, fsr, material, c, gun) for c in chunks], used
 
 
-def _run(jobs: list[tuple[str, int, bool, bool, _Chunk]], workers: int) -> Iterator[Tables]:
+def _run(jobs: list[_Job], workers: int) -> Iterator[Tables]:
 
     def run_serial() -> Iterator[Tables]:
         for job in jobs:
@@ -249,20 +294,29 @@ def _concat_tables(parts: list[Tables]) -> Tables:
 
 def simulate(channel: str, n_events: int, runs: Sequence[int] = (-10000, -9001), seed: int = 0,
              fsr: bool = True, store: Any = None, tag: str = SIM_TAG, workers: int = 1,
-             material: bool = True) -> Tables:
-    """Simulate ``n_events`` of ``channel`` in memory; the four schema tables (see :func:`iter_simulated`)."""
-    chunks, _ = iter_simulated(channel, n_events, runs, seed, fsr, store, tag, workers, material=material)
+             material: bool = True, gun: GunSpec | None = None) -> Tables:
+    """Simulate ``n_events`` of ``channel`` in memory; the four schema tables (see :func:`iter_simulated`).
+
+    Example:
+        >>> from vbes.datasets.gun import GunSpec
+        >>> t = simulate("gun", 50, runs=(-10000, -9991), seed=1, gun=GunSpec(("gamma",), p_range=(0.5, 1.0)))
+        >>> sorted(set(t["events"]["channel"].tolist())), int(t["events"]["n_truth"].min())
+        ([7], 1)
+    """
+    chunks, _ = iter_simulated(channel, n_events, runs, seed, fsr, store, tag, workers, material=material,
+                               gun=gun)
     return _concat_tables(list(chunks))
 
 
 def generate_sample(channel: str, n_events: int, output: str | os.PathLike[str],
                     runs: Sequence[int] = (-10000, -9001), tag: str = SIM_TAG, seed: int = 0, store: Any = None,
                     fsr: bool = True, workers: int = 1, progress: ProgressFn | None = None,
-                    material: bool = True) -> Path:
+                    material: bool = True, gun: GunSpec | None = None) -> Path:
     """Simulate a sample and write it to ``output`` (an event file) with its provenance.
 
     Args:
-        channel, n_events, runs, tag, seed, fsr, workers, material: as :func:`iter_simulated`.
+        channel, n_events, runs, tag, seed, fsr, workers, material, gun: as :func:`iter_simulated`; a gun's
+            specification goes into the provenance (``gun``: species, PDG ids, momentum and cos θ ranges).
         output: the event file to write (atomically: complete or absent).
         store: the calibration store; ``None`` opens the one configured in the settings.
         progress: wraps the iterator of chunks (progress bar); called as ``progress(chunks, n_chunks)``.
@@ -279,15 +333,23 @@ def generate_sample(channel: str, n_events: int, output: str | os.PathLike[str],
 
         store = CalibrationStore.from_settings(load_settings())
     try:
-        jobs, used = _jobs(channel, n_events, runs, seed, fsr, store, tag, material=material)
+        jobs, used = _jobs(channel, n_events, runs, seed, fsr, store, tag, material=material, gun=gun)
         import vbes
 
+        generator: dict[str, Any]
+        if gun is not None:  # no decays in the generator, so no FSR to record
+            generator = {"generator": GUN_GENERATOR, "generator_version": GUN_VERSION, "channel": channel,
+                         "seed": int(seed), "gun": gun.provenance()}
+        else:
+            generator = {
+                "generator": "Pythia 8 (pythia8mc), J/psi decays at rest, boosted by the BEPCII crossing angle",
+                "generator_version": pythia_version(),
+                "channel": channel,
+                "seed": int(seed),
+                "fsr": bool(fsr),
+            }
         provenance = {
-            "generator": "Pythia 8 (pythia8mc), J/psi decays at rest, boosted by the BEPCII crossing angle",
-            "generator_version": pythia_version(),
-            "channel": channel,
-            "seed": int(seed),
-            "fsr": bool(fsr),
+            **generator,
             "material": bool(material),
             "runs": [int(runs[0]), int(runs[1])],
             "detector_model": DETECTOR_MODEL,

@@ -11,7 +11,8 @@ Public API::
 
 Modules: :mod:`~vbes.evaluation.metrics` (W1, KS, chi2/ndf, separation power, correlations),
 :mod:`~vbes.evaluation.classifier` (two-sample classifier test), :mod:`~vbes.evaluation.distances` (FPD, KPD),
-:mod:`~vbes.evaluation.null` (p-values, Holm, self-check), :mod:`~vbes.evaluation.features` (feature set per channel),
+:mod:`~vbes.evaluation.null` (p-values, Holm, self-check), :mod:`~vbes.evaluation.memorisation` (copies of the
+training events), :mod:`~vbes.evaluation.features` (feature set per channel),
 :mod:`~vbes.evaluation.observables` (physics observables), :mod:`~vbes.evaluation.fidelity` (compression
 fidelity), :mod:`~vbes.evaluation.report`, :mod:`~vbes.evaluation.gates`, :mod:`~vbes.evaluation.distortions`.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from vbes.evaluation.fidelity import FidelityReport, array_fidelity, fidelity
 from vbes.evaluation.gates import DEFAULT_GATE_FILE, GateOutcome, check_gates, promote
+from vbes.evaluation.memorisation import memorisation_test
 from vbes.evaluation.report import write_report
 from vbes.evaluation.suite import Evaluation, EvaluationConfig, Sample, evaluate, load_sample
 
@@ -36,6 +38,7 @@ __all__ = [
     "evaluate",
     "fidelity",
     "load_sample",
+    "memorisation_test",
     "promote",
     "write_report",
 ]

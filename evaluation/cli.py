@@ -5,9 +5,14 @@ Exit status (pytest's convention): 0 when the evaluation passed, 1 when it faile
 ``--gate`` the gates decide between 0 and 1 (their promotion meaning: a surrogate may pass its family's gates
 while failing statistical identity); the report and the JSON are written in every case but the last.
 
+With ``--training`` (the model's training events) the memorisation test runs too: the sample must be no closer
+to the training events than the reference's events are, so the reference must be held out from training. Its
+verdict is its own, at ``--alpha``, outside Holm's family; the evaluation passes when both pass.
+
 Example::
 
     vbes evaluate --sample model.h5 --reference reference.h5 --report out/ --gate gates.yaml --family surrogate
+    vbes evaluate --sample model.h5 --reference heldout.h5 --training train.h5 --report out/
 """
 
 from __future__ import annotations
@@ -26,9 +31,24 @@ __all__ = ["evaluate"]
 @click.option(
     "--sample",
     "sample_path",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False, path_type=Path),
     help="Sample A: an event file or a numeric table (.npy, .npz, .csv, HDF5 columns).",
+)
+@click.option(
+    "--model",
+    "model_uri",
+    default=None,
+    help="Instead of --sample: a generative model (models:/NAME@ALIAS, models:/NAME/VERSION or a saved folder); "
+    "half as many events as the reference holds are drawn for its channel, runs and tag, the report is logged "
+    "to the model's MLflow run, and its training files of that channel are the memorisation test's --training.",
+)
+@click.option(
+    "--events",
+    "model_events",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --model: events to draw (default: half the reference's, the suite's size matching).",
 )
 @click.option(
     "--reference",
@@ -36,6 +56,14 @@ __all__ = ["evaluate"]
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="Reference B, same kind; needs at least twice A's events for full size matching.",
+)
+@click.option(
+    "--training",
+    "training_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The model's training events, same kind: runs the memorisation test (the sample must be no closer to "
+    "them than the reference's events are), so --reference must be held out from training.",
 )
 @click.option(
     "--report",
@@ -103,8 +131,11 @@ __all__ = ["evaluate"]
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def evaluate(
-    sample_path: Path,
+    sample_path: Path | None,
+    model_uri: str | None,
+    model_events: int | None,
     reference_path: Path,
+    training_path: Path | None,
     report_dir: Path,
     gate_file: Path | None,
     family: str | None,
@@ -129,9 +160,22 @@ def evaluate(
     from vbes.errors import ConfigError, DatasetError, EvaluationFailed, GateFailed, InsufficientSample, NotFound
     from vbes.errors import EvaluationInputError, InvalidInput
 
+    model_run = None
+    if (sample_path is None) == (model_uri is None):
+        raise click.UsageError("give either --sample or --model")
     try:
         if gate_file is not None:
             load_gates(gate_file)  # a broken gate file fails before minutes of work
+        if model_uri is not None:
+            from vbes.cli import settings_from_context
+            from vbes.training.sampling import model_sample_for
+
+            drawn = model_sample_for(model_uri, reference_path, report_dir, settings_from_context(), model_events,
+                                     seed, progress=lambda message: click.echo(f"evaluate: {message}", err=True))
+            sample_path, model_run = drawn.path, drawn.run_id
+            if training_path is None and drawn.training is not None:
+                training_path = drawn.training
+                click.echo(f"evaluate: memorisation test against the model's training file {training_path}", err=True)
         config = EvaluationConfig(
             alpha=alpha,
             null_trials=null_trials,
@@ -144,12 +188,14 @@ def evaluate(
             seed=seed,
         )
         config.check()
+        assert sample_path is not None
         result = run_evaluation(
             sample_path,
             reference_path,
             channel=channel,
             config=config,
             progress=lambda message: click.echo(f"evaluate: {message}", err=True),
+            training=training_path,
         )
     except EvaluationInputError:
         raise
@@ -159,7 +205,14 @@ def evaluate(
     if gate_file is not None:
         outcome = check_gates(result.flat(), gate_file, family, result.channel).as_dict()
     paths = write_report(result, report_dir, outcome)
+    if model_run:
+        from vbes.cli import settings_from_context
+        from vbes.training.registry import log_evaluation
+
+        log_evaluation(settings_from_context().mlflow_tracking_uri, model_run, report_dir, reference_path,
+                       result.flat())
     findings = result.findings
+    memorised = result.memorisation
     summary: dict[str, Any] = {
         "passed": result.passed,
         "channel": result.channel,
@@ -170,6 +223,14 @@ def evaluate(
         "findings": findings,
         "failed_features": sorted(name for name, f in result.features.items() if not f["passed"]),
         "classifier_auc": next((t.value for t in result.tests if t.name == "classifier/auc"), None),
+        "memorisation": None
+        if memorised is None
+        else {
+            "passed": memorised.passed,
+            "pvalue": memorised.pvalue,
+            "distance_ratio": memorised.distance_ratio,
+            "near_copy_fraction": memorised.near_copy_fraction,
+        },
         "report": str(paths["html"]),
         "json": str(paths["json"]),
     }
@@ -177,6 +238,16 @@ def evaluate(
         summary["gates_passed"] = outcome["passed"]
         summary["gate_family"] = outcome["family"]
         summary["failed_gates"] = [f"{g['gate']}: {g['metric']}" for g in outcome["gates"] if not g["passed"]]
+    memorisation_lines: list[str] = []
+    if memorised is not None:
+        memorisation_lines.append(
+            f"memorisation {'passed' if memorised.passed else 'FAILED'} (p = {memorised.pvalue:.2g}, alpha = "
+            f"{alpha:g}): median distance to the training events {memorised.distance_ratio:.3f} +- "
+            f"{memorised.distance_ratio_error:.3f} of the reference's, near copies "
+            f"{100 * memorised.near_copy_fraction:.2f} % (expected {100 * memorised.near_copy_expected:.2f} %)"
+        )
+    elif "memorisation" in result.skipped:
+        memorisation_lines.append(f"memorisation not run: {result.skipped['memorisation']}")
     text = "\n".join(
         [
             (
@@ -189,6 +260,7 @@ def evaluate(
                 for f in findings[:20]
             ),
             *([f"  ... and {len(findings) - 20} more"] if len(findings) > 20 else []),
+            *memorisation_lines,
             *([f"gates ({outcome['family']}): {'passed' if outcome['passed'] else 'FAILED'}"] if outcome else []),
             *(f"  failed gate: {line}" for line in summary.get("failed_gates", [])[:20]),
             f"report: {paths['html']}",
@@ -203,8 +275,14 @@ def evaluate(
                 f"see {paths['html']}"
             )
         return
-    if not result.passed:
+    if not result.fidelity_passed:
         raise EvaluationFailed(
-            f"the sample differs from the reference: {len(findings)} of {result.n_hypotheses} hypotheses rejected; "
-            f"see {paths['html']}"
+            f"the sample differs from the reference: {len(findings)} of {result.n_hypotheses} hypotheses rejected"
+            + ("" if memorised is None or memorised.passed else ", and it is closer to the training events")
+            + f"; see {paths['html']}"
+        )
+    if memorised is not None and not memorised.passed:
+        raise EvaluationFailed(
+            f"the sample is closer to the training events than the reference is (memorisation p = "
+            f"{memorised.pvalue:.2g}); see {paths['html']}"
         )

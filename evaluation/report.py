@@ -249,6 +249,70 @@ def _observable_figures(evaluation: Evaluation, samples: tuple[Sample, Sample]) 
     return images
 
 
+def _memorisation_figure(evaluation: Evaluation) -> str | None:
+    """Distances to the nearest training event: sample against reference (held out), with the near-copy line."""
+    memorised = evaluation.memorisation
+    if memorised is None or memorised.distances is None:
+        return None
+    d_s, d_h = memorised.distances
+    top = float(np.quantile(np.concatenate([d_s, d_h]), 0.999))
+    edges = np.linspace(0.0, top if top > 0 else 1.0, 61)
+    fig = Figure(figsize=(5, 3.4))
+    ax = fig.subplots()
+    def density(d: np.ndarray) -> np.ndarray:
+        return np.histogram(np.clip(d, 0, edges[-1]), edges, density=True)[0]
+
+    ax.stairs(density(d_h), edges, fill=True, alpha=0.35, color="tab:blue", label="reference (held out)")
+    ax.stairs(density(d_s), edges, color="tab:red", linewidth=1.2, label="sample")
+    ax.axvline(memorised.near_copy_threshold, color="black", linestyle=":", linewidth=1,
+               label=f"near copy: below {100 * memorised.near_copy_quantile:g} % of reference")
+    ax.set_xlabel("distance to the nearest training event (rank-Gauss units)")
+    ax.legend(loc="upper right")
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.95)
+    return _png(fig)
+
+
+def _memorisation_section(evaluation: Evaluation) -> list[str]:
+    m = evaluation.memorisation
+    if m is None:
+        if "memorisation" in evaluation.skipped:
+            return [f"<h2>Memorisation</h2><p>not run: {html.escape(evaluation.skipped['memorisation'])}</p>"]
+        return []
+    cls = "pass" if m.passed else "fail"
+    training = html.escape(str(evaluation.training_info.get("path", "in memory")))
+    parts = [
+        f"<h2>Memorisation: {'passed' if m.passed else 'FAILED'}</h2>",
+        (
+            f"<p>Is the sample closer to the model's training events ({training}) than independent events are? "
+            f"For {m.n_sample} sample and {m.n_heldout} reference events (the reference is the held-out set: it must "
+            f"be independent of the training set), the distance to the nearest of {m.n_training} training events "
+            f"(of {m.n_training_total}), in the rank-Gauss design of {m.n_features} coordinates. Without "
+            "memorisation both distances have the same distribution. The test is one-sided and not one of Holm's "
+            f"hypotheses above: it asks about copying, not fidelity, and has its own verdict at alpha = "
+            f"{evaluation.config.alpha:g} (p-value: Bonferroni over the two below).</p>"
+        ),
+        "<table><tr><th>quantity</th><th>value</th><th>expected without memorisation</th><th>p-value</th></tr>",
+        (
+            f"<tr><td>P(d_sample &lt; d_reference) (Mann-Whitney, one-sided)</td><td>{_fmt(m.closer_probability)}"
+            f"</td><td>0.5</td><td>{_fmt(m.mann_whitney_pvalue)}</td></tr>"
+        ),
+        (
+            f"<tr><td>median(d_sample) / median(d_reference)</td><td>{_fmt(m.distance_ratio)} +- "
+            f"{_fmt(m.distance_ratio_error)}</td><td>1</td><td>&ndash;</td></tr>"
+        ),
+        (
+            f"<tr><td>near copies (closer than the reference's {100 * m.near_copy_quantile:g} % quantile, "
+            f"{_fmt(m.near_copy_threshold)})</td><td>{_fmt(100 * m.near_copy_fraction)} % ({m.near_copies})</td>"
+            f"<td>{_fmt(100 * m.near_copy_expected)} %</td><td>{_fmt(m.near_copy_pvalue)}</td></tr>"
+        ),
+        (
+            f"<tr class='{cls}'><td>memorisation test</td><td>{'pass' if m.passed else 'FAIL'}</td>"
+            f"<td>p &ge; {evaluation.config.alpha:g}</td><td>{_fmt(m.pvalue)}</td></tr></table>"
+        ),
+    ]
+    return parts
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "&ndash;"
@@ -278,7 +342,8 @@ def render_html(
 ) -> str:
     """The report as one HTML string (figures embedded).
 
-    Order: the verdict, gates and failed tests (each distinct failure with the tests that reuse its p-value),
+    Order: the verdict, gates, the memorisation test (when it ran) and failed tests (each distinct failure with
+    the tests that reuse its p-value),
     the physics observables with sample / reference ratio panels and their null band, the per-feature table,
     the feature and correlation figures, the self-check, and the table of every test folded at the end.
     """
@@ -337,6 +402,12 @@ def render_html(
                 f"<td>{'pass' if g['passed'] else 'FAIL'}</td></tr>"
             )
         parts.append("</table>")
+    parts += _memorisation_section(evaluation)
+    if evaluation.memorisation is not None:
+        with _style():
+            figure = _memorisation_figure(evaluation)
+        if figure:
+            parts.append(f"<img alt='memorisation' src='{figure}' style='width:40%'>")
     findings = evaluation.findings
     by_name = {t.name: t for t in evaluation.tests}
     parts.append(f"<h2>Failed tests ({len(findings)} of {m} hypotheses)</h2>" + ("<p>none</p>" if not findings else ""))

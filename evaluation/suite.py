@@ -21,6 +21,13 @@ Every test's p-value is its own (see :mod:`vbes.evaluation.null`); the family is
 procedure at ``alpha`` over the distinct hypotheses. ``null_trials`` reference-vs-reference splits repeat the
 cheap tests (features, correlations, observables) as a self-check of their calibration; the classifier, FPD and
 KPD are repeated only when ``classifier_null_trials`` / ``distance_null_trials`` ask for it.
+
+With the model's ``training`` events, the memorisation test (:mod:`vbes.evaluation.memorisation`) also runs: is
+the sample closer to the training events than the reference's events are? The reference then serves as the
+held-out set and must be independent of the training set. It asks another question than the family above
+(copying, not fidelity), so it is not one of Holm's hypotheses: it has its own verdict at ``alpha``, and the
+evaluation passes when the family and it both pass (a sample drawn from the reference, independently of the
+training events, then fails with probability at most ``2 alpha``).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from vbes.evaluation import metrics
 from vbes.evaluation.classifier import classifier_test
 from vbes.evaluation.distances import fpd, kpd
 from vbes.evaluation.features import FeatureTable, channel_of, feature_table, table_from_array
+from vbes.evaluation.memorisation import MIN_EVENTS_MEMORISATION, MemorisationResult, memorisation_test
 from vbes.evaluation.null import (
     MetricResult,
     MetricValue,
@@ -89,6 +97,9 @@ class EvaluationConfig:
         permutations: permutations of the FPD and KPD nulls.
         threads: OpenMP threads of the classifier.
         seed: seed of every subsampling.
+        memorisation_queries: most sample and most reference events whose nearest training event the
+            memorisation test searches (each; only with training events).
+        memorisation_training: most training events it searches.
     """
 
     alpha: float = 0.05
@@ -103,6 +114,8 @@ class EvaluationConfig:
     permutations: int = 200
     threads: int = 1
     seed: int = 0
+    memorisation_queries: int = 20_000
+    memorisation_training: int = 200_000
 
     def check(self) -> None:
         """Refuse settings under which a test, or the self-check, could not mean what it says."""
@@ -118,6 +131,9 @@ class EvaluationConfig:
             raise InvalidInput(f"permutations must be at least 50 for a sampled null; got {self.permutations}")
         if self.classifier_folds < 2:
             raise InvalidInput(f"classifier_folds must be at least 2; got {self.classifier_folds}")
+        for option in ("memorisation_queries", "memorisation_training"):
+            if getattr(self, option) < MIN_EVENTS_MEMORISATION:
+                raise InvalidInput(f"{option} must be at least {MIN_EVENTS_MEMORISATION}; got {getattr(self, option)}")
 
 
 @dataclass
@@ -239,7 +255,11 @@ def _read_numeric_table(path: Path) -> FeatureTable:
 
 @dataclass
 class Evaluation:
-    """Outcome of :func:`evaluate`: every test with its p-value and verdict, and what the report needs."""
+    """Outcome of :func:`evaluate`: every test with its p-value and verdict, and what the report needs.
+
+    ``memorisation`` is the memorisation test's outcome when training events were given (None otherwise, or
+    when it could not run: then ``skipped`` says why); it is not one of the Holm family's ``tests``.
+    """
 
     channel: str
     n_sample: int
@@ -255,16 +275,26 @@ class Evaluation:
     sample_info: dict[str, Any]
     reference_info: dict[str, Any]
     calibration: dict[str, Any] = field(default_factory=dict)
+    memorisation: MemorisationResult | None = None
+    training_info: dict[str, Any] = field(default_factory=dict)
     #: the size-matched sample and reference events the tests ran on (for the report's figures; not serialised)
     samples: tuple[Sample, Sample] | None = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
+        """Every test of the Holm family passed and, when it ran, the memorisation test too."""
+        return self.fidelity_passed and (self.memorisation is None or self.memorisation.passed)
+
+    @property
+    def fidelity_passed(self) -> bool:
+        """Every test of the Holm family passed (the memorisation test aside)."""
         return all(t.passed for t in self.tests)
 
     @property
     def failed(self) -> list[str]:
-        return [t.name for t in self.tests if not t.passed]
+        """The failed tests; ``memorisation`` last when the memorisation test failed."""
+        memorised = self.memorisation is not None and not self.memorisation.passed
+        return [t.name for t in self.tests if not t.passed] + (["memorisation"] if memorised else [])
 
     @property
     def n_hypotheses(self) -> int:
@@ -311,6 +341,8 @@ class Evaluation:
                     "alpha_family": self.config.alpha,
                     "n_hypotheses": m,
                     "smallest_level": self.config.alpha / max(m, 1),
+                    "memorisation": "not in the family: its own verdict at alpha (it tests copying of the "
+                    "training events, not fidelity); 'passed' needs both",
                 },
                 "sizes": {
                     "sample": self.n_sample,
@@ -325,6 +357,9 @@ class Evaluation:
                 "sample": self.sample_info,
                 "reference": self.reference_info,
                 "tests": [t.as_dict() for t in self.tests],
+                "fidelity_passed": self.fidelity_passed,
+                "memorisation": self.memorisation.as_dict() if self.memorisation is not None else None,
+                "training": self.training_info,
                 "skipped": self.skipped,
                 "features": self.features,
                 "correlation": self.correlation,
@@ -344,7 +379,10 @@ def flatten(data: Mapping[str, Any]) -> dict[str, float]:
     Names: ``<test>`` (the test's value, e.g. ``classifier/auc``, ``observables/m_ll/position``), ``<test>.passed``
     (1 or 0), ``<test>.<detail>`` for numeric details (e.g. ``features/track0_p/w1.w1_over_resolution``,
     ``classifier/auc.auc_error``, ``observables/m_gg/width.sample``), ``<test>.null_mean``, ``passed`` (every
-    test passed) and ``n_failed``.
+    test passed, the memorisation test included) and ``n_failed``; when the memorisation test ran,
+    ``memorisation/<number>`` for each of its numbers (``memorisation/pvalue``, ``memorisation/passed`` (1 or 0),
+    ``memorisation/distance_ratio``, ``memorisation/near_copy_fraction``, ...; see
+    :class:`vbes.evaluation.memorisation.MemorisationResult`).
     """
     out: dict[str, float] = {}
     for test in data.get("tests", []):
@@ -357,6 +395,9 @@ def flatten(data: Mapping[str, Any]) -> dict[str, float]:
         for key, value in (test.get("details") or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{name}.{key}"] = float(value)
+    for key, value in (data.get("memorisation") or {}).items():
+        if isinstance(value, (bool, int, float)):
+            out[f"memorisation/{key}"] = float(value)
     out["passed"] = float(bool(data.get("passed")))
     out["n_failed"] = float(data.get("n_failed", 0))
     return out
@@ -623,6 +664,7 @@ def evaluate(
     config: EvaluationConfig | None = None,
     progress: Callable[[str], None] | None = None,
     null_cache: dict[Any, Any] | None = None,
+    training: Any = None,
 ) -> Evaluation:
     """Compare a sample with a reference; every test with a calibrated p-value, Holm over the family.
 
@@ -635,9 +677,15 @@ def evaluate(
         null_cache: a dict kept by the caller: what depends on the reference only (a :class:`Sample` passed
             again as the same object) -- its sorted features, the W1 nulls, the self-check splits -- is then
             computed once and reused by later evaluations against it with the same sizes and configuration.
+        training: the events the model was trained on (anything :func:`load_sample` takes), or None. Given, the
+            memorisation test (:func:`vbes.evaluation.memorisation.memorisation_test`) runs with the reference
+            as the held-out events -- the reference must then be independent of the training set. It is not
+            one of Holm's hypotheses: its verdict, at ``alpha``, is its own (``Evaluation.memorisation``), and
+            the evaluation passes only when it passes too.
 
     Raises:
         NothingTested: when no test could run at all.
+        InvalidInput: the training events are the reference's, or have other features.
 
     Example:
         >>> import numpy as np
@@ -651,7 +699,7 @@ def evaluate(
     config.check()
     # every BLAS / OpenMP pool bounded: spin-waiting threads collapse on a machine busy with other work
     with threadpool_limits(limits=max(1, config.threads)):
-        return _evaluate(sample, reference, channel, config, progress, null_cache)
+        return _evaluate(sample, reference, channel, config, progress, null_cache, training)
 
 
 def _evaluate(
@@ -661,6 +709,7 @@ def _evaluate(
     config: EvaluationConfig,
     progress: Callable[[str], None] | None,
     null_cache: dict[Any, Any] | None,
+    training: Any = None,
 ) -> Evaluation:
     say = progress or (lambda message: None)
     timings: dict[str, float] = {}
@@ -675,6 +724,7 @@ def _evaluate(
         )
     if not a.features.names:
         raise NothingTested("sample and reference have no features: nothing to compare")
+    t_train = _load_training(training, reference, b, a.features.names, channel or a.features.channel or None)
     timings["load"] = time.perf_counter() - t0
 
     n = min(len(a), len(b) // 2)
@@ -762,6 +812,25 @@ def _evaluate(
         if null_cache is not None:
             null_cache[key] = (b, ref, null_runs)  # holding b keeps its id() from being reused
 
+    memorised: MemorisationResult | None = None
+    if t_train is not None:
+        say("memorisation: nearest training event of each sample and reference event")
+        t_mem = time.perf_counter()
+        try:
+            memorised = memorisation_test(
+                a.features,
+                t_train.features,
+                b.features,
+                alpha=config.alpha,
+                max_queries=config.memorisation_queries,
+                max_training=config.memorisation_training,
+                seed=config.seed,
+                threads=config.threads,
+            )
+        except (InsufficientSample, NothingTested) as exc:
+            skipped["memorisation"] = str(exc)
+        timings["memorisation"] = time.perf_counter() - t_mem
+
     t_cal = time.perf_counter()
     tests = calibrate(test_results, null_runs, alpha=config.alpha)
     checked = self_check(null_runs, config.alpha) if null_runs else {}
@@ -783,8 +852,35 @@ def _evaluate(
         sample_info=a.info,
         reference_info=b.info,
         calibration=checked,
+        memorisation=memorised,
+        training_info=t_train.info if t_train is not None else {},
         samples=(x, b.subset(b_rows)),
     )
+
+
+def _load_training(
+    training: Any, reference: Any, b: Sample, names: tuple[str, ...], channel: str | None
+) -> Sample | None:
+    """The training events of the memorisation test, refused when they are the reference's own."""
+    if training is None:
+        return None
+    if training is reference:
+        raise InvalidInput("the training events are the reference: the memorisation test needs a held-out reference")
+    t = load_sample(training, channel)
+    paths = [Path(info["path"]).resolve() for info in (t.info, b.info) if "path" in info]
+    same_file = len(paths) == 2 and paths[0] == paths[1]
+    same_digest = t.info.get("digest") is not None and t.info.get("digest") == b.info.get("digest")
+    if same_file or same_digest:
+        raise InvalidInput(
+            f"the training events are the reference file ({t.info['path']}): the memorisation test needs a "
+            "reference held out from training"
+        )
+    if t.features.names != names:
+        differing = sorted(set(t.features.names) ^ set(names))
+        raise InvalidInput(
+            f"training events and sample have different features (differing: {', '.join(differing[:8]) or 'order'})"
+        )
+    return t
 
 
 def _feature_summary(

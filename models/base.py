@@ -14,9 +14,10 @@ strictly: a missing, extra or altered tensor is refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -104,6 +105,9 @@ class ModelFamily(L.LightningModule):
 
     family: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: the family reads the calibration conditions of its training events (``self.conditions``, set by the trainer
+    #: before :meth:`fit_preprocessing` from the calibration store, by the files' tags and runs)
+    needs_conditions: ClassVar[bool] = False
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -114,6 +118,20 @@ class ModelFamily(L.LightningModule):
         self.config: dict[str, Any] = json.loads(json.dumps(merged))
         self.card = ModelCard(family=self.family)
         self.optimizer_config: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.0}
+        self.conditions: Any = None
+        #: the seed :func:`build` initialised the weights with (networks made later use it too)
+        self.init_seed = 0
+
+    @contextlib.contextmanager
+    def seeded(self) -> Iterator[None]:
+        """Weights made inside depend only on the build seed: for networks whose sizes the data decide, made in
+        :meth:`fit_preprocessing` rather than at construction."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.init_seed)
+            yield
+
+    def on_load(self) -> None:
+        """Called by :func:`load` after the tensors and the card are in place (restore what the card holds)."""
 
     # --- to implement ---------------------------------------------------------------------------------
     @classmethod
@@ -129,15 +147,17 @@ class ModelFamily(L.LightningModule):
         """
         raise NotImplementedError
 
-    def make_tensors(self, tables: Tables) -> dict[str, torch.Tensor]:
-        """The training tensors of ``tables``: equal first dimension, one row per training example.
+    def make_tensors(self, tables: Tables) -> Mapping[str, Any]:
+        """The training tensors of ``tables``: equal first dimension, one row per training example -- or, for a
+        family made of several tables, ``{stream: {name: tensor}}`` with one such set per stream (the trainer then
+        draws a batch of every stream at each step, each stream passed once per epoch).
 
         Args:
             tables: event tables.
         """
         raise NotImplementedError
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """``{"loss": total, ...components}`` of a batch of :meth:`make_tensors` rows.
 
         Args:
@@ -166,12 +186,21 @@ class ModelFamily(L.LightningModule):
     def _undefined(self, operation: str) -> ModelError:
         return ModelError(f"family {self.family} does not define {operation}")
 
-    def sample(self, n: int, conditions: Mapping[str, torch.Tensor] | None = None, seed: int = 0) -> torch.Tensor:
-        """Draw ``n`` samples (families with ``"sample"``).
+    def sample_request(self, tables: Tables, n: int) -> Mapping[str, Any] | None:
+        """Conditions for :meth:`sample` of ``n`` samples like those of ``tables`` (``None``: unconditional).
+
+        Args:
+            tables: event tables (e.g. the training data).
+            n: number of samples.
+        """
+        return None
+
+    def sample(self, n: int, conditions: Mapping[str, Any] | None = None, seed: int = 0) -> Any:
+        """Draw ``n`` samples (families with ``"sample"``): a tensor, or event tables for event-level families.
 
         Args:
             n: number of samples.
-            conditions: condition tensors with first dimension ``n``.
+            conditions: the family's conditions (see its docstring).
             seed: the draw's seed: the same seed gives the same samples.
         """
         raise self._undefined("sample")
@@ -192,7 +221,7 @@ class ModelFamily(L.LightningModule):
         """
         raise self._undefined("decode")
 
-    def log_prob(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def log_prob(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Log-likelihood per row (families with ``"log_prob"``).
 
         Args:
@@ -201,9 +230,9 @@ class ModelFamily(L.LightningModule):
         raise self._undefined("log_prob")
 
     # --- Lightning --------------------------------------------------------------------------------------
-    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         terms = self.loss(batch)
-        n = next(iter(batch.values())).shape[0]
+        n = _rows(batch)
         for key, value in terms.items():
             name = f"{stage}_loss" if key == "loss" else f"{stage}_{key}"
             # sync_dist: under DDP every process logs the mean over all processes (a no-op on one)
@@ -211,18 +240,22 @@ class ModelFamily(L.LightningModule):
                      sync_dist=True)
         return terms["loss"]
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.parameters(),
-            lr=float(self.optimizer_config["lr"]),
-            weight_decay=float(self.optimizer_config.get("weight_decay", 0.0)),
-        )
+    def configure_optimizers(self) -> Any:
+        lr = float(self.optimizer_config["lr"])
+        optimizer = torch.optim.AdamW(self.parameters(), lr=lr,
+                                      weight_decay=float(self.optimizer_config.get("weight_decay", 0.0)))
+        if self.optimizer_config.get("schedule", "constant") != "cosine":
+            return optimizer
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        # the last epochs refine at a hundredth of the rate: what a flow's fine structure needs
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr / 100)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # --- saved format -------------------------------------------------------------------------------------
     def tensors(self) -> dict[str, np.ndarray]:
@@ -254,6 +287,14 @@ class ModelFamily(L.LightningModule):
         return out
 
 
+def _rows(batch: Mapping[str, Any]) -> int:
+    """Rows of a batch: of its first tensor, or summed over the streams of a multi-stream batch."""
+    first = next(iter(batch.values()))
+    if isinstance(first, Mapping):
+        return sum(_rows(stream) for stream in batch.values())
+    return int(first.shape[0])
+
+
 def _array_sha256(array: np.ndarray) -> str:
     # little-endian C order, so the hash does not depend on the machine that wrote it
     canonical = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
@@ -280,7 +321,7 @@ def register_family(cls: F) -> F:
 
 def _load_builtin() -> None:
     # the built-in families register themselves on import
-    from vbes.models import record_ae, track_flow  # noqa: F401
+    from vbes.models import event_surrogate, record_ae, response, track_flow  # noqa: F401
 
 
 def families() -> dict[str, type[ModelFamily]]:
@@ -316,9 +357,11 @@ def build(name: str, config: Mapping[str, Any] | None = None, seed: int = 0) -> 
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        return cls(config)
+        model = cls(config)
     finally:
         torch.random.set_rng_state(state)
+    model.init_seed = int(seed)
+    return model
 
 
 def load(folder: str | Path) -> ModelFamily:
@@ -364,6 +407,7 @@ def load(folder: str | Path) -> ModelFamily:
         raise CorruptModelError(f"{root}: tensors do not fit family {spec['family']} with its configuration")
     model.load_state_dict({k: torch.from_numpy(a) for k, a in arrays.items()}, strict=True)
     model.card = ModelCard.from_dict(spec.get("card") or {"family": model.family})
+    model.on_load()
     model.eval()
     return model
 

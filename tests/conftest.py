@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +77,10 @@ def pg_available() -> bool:
     return _pg_available()
 
 
-@pytest.fixture
-def pg_url(pg_available: bool) -> Iterator[str]:
-    """SQLAlchemy URL of a brand-new PostgreSQL database, dropped after the test."""
-    if not pg_available:
+@contextlib.contextmanager
+def _fresh_pg_database(available: bool) -> Iterator[str]:
+    """A brand-new PostgreSQL database, dropped on exit; skips (fails under CI) when PostgreSQL is absent."""
+    if not available:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (CI must have it)")
         pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
@@ -93,6 +97,20 @@ def pg_url(pg_available: bool) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_available: bool) -> Iterator[str]:
+    """SQLAlchemy URL of a brand-new PostgreSQL database, dropped after the test."""
+    with _fresh_pg_database(pg_available) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pg_module_url(pg_available: bool) -> Iterator[str]:
+    """Like ``pg_url``, one database for the whole test module (for a server that the module's tests share)."""
+    with _fresh_pg_database(pg_available) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -126,3 +144,44 @@ def rhopi_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mumu_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny simulated J/psi -> mu mu event file (300 events, seed 2)."""
     return _simulated(tmp_path_factory, "mumu", 2)
+
+
+_FRESH_PROCESS = r"""
+import json, sys
+import mlflow, numpy as np, pandas as pd
+from vbes.datasets import read_events
+from vbes.models.records import flatten
+mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+tracks = read_events(sys.argv[3])["tracks"]
+rows = flatten(tracks)
+if len(sys.argv) > 4:
+    rows = {k: v[: int(sys.argv[4])] for k, v in rows.items()}
+out = model.predict(pd.DataFrame(rows))
+print(json.dumps({"rows": len(out), "n": len(next(iter(rows.values()))), "columns": sorted(out.columns),
+                  "max_abs_cos": float(np.abs(out["cos_theta"]).max()),
+                  "charges": sorted(set(out["charge"].astype(int).tolist()))}))
+"""
+
+
+def predict_in_fresh_process(tracking_uri: str, model_uri: str, sample: Path, rows: int | None = None,
+                             env: dict[str, str] | None = None) -> dict[str, object]:
+    """Load ``model_uri`` with ``mlflow.pyfunc.load_model`` in a new Python process (nothing of this one's
+    state) at ``tracking_uri`` and predict the track records of ``sample`` (its first ``rows`` tracks if given).
+
+    Returns the number of rows asked for and answered, the answer's columns, max |cos_theta| and the charges.
+    """
+    args = [sys.executable, "-c", _FRESH_PROCESS, tracking_uri, model_uri, str(sample)]
+    if rows is not None:
+        args.append(str(rows))
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {}), "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answer: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return answer
+
+
+@pytest.fixture(scope="session")
+def fresh_process_predict() -> Callable[..., dict[str, object]]:
+    """:func:`predict_in_fresh_process`, for test modules (they cannot import conftest)."""
+    return predict_in_fresh_process

@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from vbes.calibration import CalibrationStore
 from vbes.datasets import read_events
+from vbes.datasets.simulation import SIM_TAG
 from vbes.datasets.schema import HYPOTHESES, unpack_symmetric
 from vbes.errors import CorruptModelError, ModelError, UnknownFamily
 from vbes.models import build, families, get_family, load
 from vbes.models import records as rec
+from vbes.models.conditions import Conditions
 
 FAMILY_NAMES = sorted(families())
 
@@ -34,24 +38,53 @@ def tables(rhopi_sample: Path) -> dict[str, dict[str, np.ndarray]]:
     return read_events(rhopi_sample)
 
 
+@pytest.fixture(scope="module")
+def conditions(tables: dict) -> Conditions:
+    """The sample's calibration conditions, read from a store as `vbes train` reads them (tag of its provenance)."""
+    with CalibrationStore("sqlite://") as store:
+        store.init_defaults()
+        return Conditions.from_store(store, SIM_TAG, tables["events"]["run"])
+
+
 def _tiny(name: str) -> dict[str, object]:
     config = get_family(name).default_config()
-    if "hidden" in config:
-        config["hidden"] = [32, 32]
+    small = {"hidden": [32, 32], "shower_hidden": [16, 16], "truth_hidden": [16, 16], "transforms": 2,
+             "shower_transforms": 2, "truth_transforms": 2, "knots": 64, "truth_knots": 64}
+    config.update({k: v for k, v in small.items() if k in config})
     return config
 
 
-def _equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
-    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+def _equal(a: Any, b: Any) -> bool:
+    """Equal tensors, arrays or (nested) tables of them, NaN equal to NaN."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return bool(np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind == "f"))
+
+
+def _streams(batch: dict) -> list[dict]:
+    """The row sets of a batch: the batch itself, or each stream of a multi-table family."""
+    return list(batch.values()) if isinstance(next(iter(batch.values())), dict) else [batch]
+
+
+def _prepared(name: str, seed: int, tables: dict, conditions: Conditions) -> Any:
+    model = build(name, _tiny(name), seed=seed)
+    if model.needs_conditions:
+        model.conditions = conditions
+    model.fit_preprocessing(tables)
+    return model
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_every_family_keeps_the_common_contract(name: str, tables: dict, tmp_path: Path) -> None:
-    model = build(name, _tiny(name), seed=3)
-    model.fit_preprocessing(tables)
+def test_every_family_keeps_the_common_contract(name: str, tables: dict, conditions: Conditions,
+                                                tmp_path: Path) -> None:
+    model = _prepared(name, 3, tables, conditions)
     batch = model.make_tensors(tables)
-    rows = {len(v) for v in batch.values()}
-    assert len(rows) == 1 and rows.pop() > 0
+    streams = _streams(batch)
+    for stream in streams:  # every stream: one row count for all its tensors
+        rows = {len(v) for v in stream.values()}
+        assert len(rows) == 1 and rows.pop() > 0
 
     # gradients reach every parameter
     terms = model.loss(batch)
@@ -65,22 +98,27 @@ def test_every_family_keeps_the_common_contract(name: str, tables: dict, tmp_pat
     n = len(next(iter(inputs.values())))
     if "log_prob" in model.capabilities:
         lp = model.log_prob(batch)
-        assert lp.shape == (n,) and bool(torch.isfinite(lp).all())
+        assert lp.shape == (sum(len(next(iter(s.values()))) for s in streams),) and bool(torch.isfinite(lp).all())
     else:
         with pytest.raises(ModelError, match="does not define log_prob"):
             model.log_prob(batch)
     if "sample" in model.capabilities:
-        assert torch.equal(model.sample(7, seed=5), model.sample(7, seed=5))
+        request = model.sample_request(tables, 7)
+        drawn = model.sample(7, request, seed=5)
+        assert _equal(drawn, model.sample(7, request, seed=5))
+        assert not _equal(drawn, model.sample(7, request, seed=6))
     out = model.predict_records(inputs)
-    assert {len(v) for v in out.values()} == {n}
+    lengths = {len(v) for v in out.values()}
+    assert len(lengths) == 1 and lengths.pop() > 0
+    if not model.needs_conditions:  # a row per input row (the surrogates answer with a row per object)
+        assert {len(v) for v in out.values()} == {n}
 
     # determinism under a seed: same seed, same weights and outputs; another seed, other weights
-    twin = build(name, _tiny(name), seed=3)
-    twin.fit_preprocessing(tables)
+    twin = _prepared(name, 3, tables, conditions)
     twin.eval()
     assert all(np.array_equal(a, b) for a, b in zip(model.tensors().values(), twin.tensors().values()))
     assert _equal(out, twin.predict_records(inputs))
-    other = build(name, _tiny(name), seed=4)
+    other = _prepared(name, 4, tables, conditions)
     assert not all(np.array_equal(a, b) for a, b in zip(twin.tensors().values(), other.tensors().values()))
 
     # save/load round trip: the same tensors, card and outputs, without pickle

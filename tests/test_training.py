@@ -140,29 +140,10 @@ def test_models_list_and_show(env: dict[str, str], trained: dict[str, Any]) -> N
     assert shown["model_card"]["training_domain"]["channels"] == ["rhopi"]
 
 
-_FRESH_PROCESS = r"""
-import json, sys
-import mlflow, numpy as np, pandas as pd
-from vbes.datasets import read_events
-from vbes.models.records import flatten
-mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
-model = mlflow.pyfunc.load_model(sys.argv[2])
-tracks = read_events(sys.argv[3])["tracks"]
-out = model.predict(pd.DataFrame(flatten(tracks)))
-print(json.dumps({"rows": len(out), "n": len(tracks["p"]), "columns": sorted(out.columns),
-                  "max_abs_cos": float(np.abs(out["cos_theta"]).max()),
-                  "charges": sorted(set(out["charge"].astype(int).tolist()))}))
-"""
-
-
-def test_registered_model_loads_and_predicts_in_a_fresh_process(env: dict[str, str], trained: dict[str, Any]) -> None:
+def test_registered_model_loads_and_predicts_in_a_fresh_process(env: dict[str, str], trained: dict[str, Any],
+                                                                fresh_process_predict: Any) -> None:
     sample = Path(env["VBES_DATA"]) / "jpsi-rhopi.h5"
-    proc = subprocess.run(
-        [sys.executable, "-c", _FRESH_PROCESS, _tracking_uri(env), trained["model_uri"], str(sample)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    answer = fresh_process_predict(_tracking_uri(env), trained["model_uri"], sample)
     assert answer["rows"] == answer["n"] > 0
     assert {"cos_theta", "helix_cov_14", "charge", "dedx_nhits"} <= set(answer["columns"])
     assert answer["max_abs_cos"] <= 1.0 and set(answer["charges"]) <= {-1, 1}

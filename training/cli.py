@@ -8,7 +8,7 @@ import click
 
 from vbes.cli import emit, settings_from_context
 
-__all__ = ["models", "train_cmd"]
+__all__ = ["models", "respond_cmd", "sample_cmd", "train_cmd"]
 
 
 @click.command("train")
@@ -61,3 +61,78 @@ def show_cmd(uri: str, as_json: bool) -> None:
 
     info = describe_version(settings_from_context().mlflow_tracking_uri, uri)
     emit(info, as_json, json.dumps(info, indent=2, sort_keys=True, default=str))
+
+
+def _runs_option(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    from vbes.datasets.simulation import parse_runs
+
+    return parse_runs(text)
+
+
+@click.command("sample")
+@click.argument("model")
+@click.option("-n", "--events", "n_events", type=click.IntRange(min=1), required=True, help="Number of events.")
+@click.option("-o", "--output", required=True,
+              help="Output file; with --files > 1 a pattern with {index} (out_{index:03d}.h5) or a folder.")
+@click.option("--channel", help="Physics channel (default: the model's first).")
+@click.option("--runs", "runs_text", metavar="FIRST:LAST",
+              help="Run range, negative for MC (default: the model's training runs); write --runs=-10000:-9001.")
+@click.option("--tag", help="Calibration global tag of the runs (default: the simulation tag).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed (same request and seed, same events).")
+@click.option("--format", "fmt", type=click.Choice(["hdf5", "parquet", "root"]),
+              help="Output format (default: from the file suffix).")
+@click.option("--files", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Output files, written in parallel on Dask.")
+@click.option("--chunk-events", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Events per chunk (the unit of work and of determinism).")
+@click.option("-j", "--workers", type=click.IntRange(min=1), help="Worker processes of the local Dask cluster.")
+@click.option("--scheduler", help="Address of a running Dask scheduler (tcp://HOST:8786) instead of a local cluster.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def sample_cmd(model: str, n_events: int, output: str, channel: str | None, runs_text: str | None, tag: str | None,
+               seed: int, fmt: str | None, files: int, chunk_events: int, workers: int | None, scheduler: str | None,
+               as_json: bool) -> None:
+    """Draw N events from MODEL (models:/NAME@ALIAS, models:/NAME/VERSION or a saved model folder) into files in
+    the event layout, with provenance: an event surrogate draws whole events; a detector-response model responds
+    to the reference generator's truth."""
+    from vbes.cli import progress_bar
+    from vbes.training.sampling import sample_events
+
+    with progress_bar(n_events, "sample", "event") as bar:
+        result = sample_events(model, n_events, output, settings_from_context(), channel=channel,
+                               runs=_runs_option(runs_text), tag=tag, seed=seed, fmt=fmt, files=files,
+                               chunk_events=chunk_events, workers=workers, scheduler=scheduler,
+                               progress=lambda step: bar.update(step.n_events) if step.kind == "chunk" else None)
+    prov = result["provenance"]
+    text = (f"wrote {n_events} {prov['channel']} events from {prov['model_uri']}"
+            f"{' version ' + prov['model_version'] if prov['model_version'] else ''} "
+            f"(runs {prov['runs'][0]}..{prov['runs'][1]}, tag {prov['calibration_tag']}, seed {seed}) to "
+            + ", ".join(result["paths"]))
+    emit(result, as_json, text)
+
+
+@click.command("respond")
+@click.argument("model")
+@click.option("--truth", "truth", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Event file whose truth particles are responded to.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output file (HDF5, Parquet or ROOT by suffix).")
+@click.option("--tag", help="Calibration global tag (default: the truth file's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Responses per truth event (oversampling: events are not independent, see the README).")
+@click.option("--format", "fmt", type=click.Choice(["hdf5", "parquet", "root"]), help="Output format.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def respond_cmd(model: str, truth: Path, output: Path, tag: str | None, seed: int, repeats: int, fmt: str | None,
+                as_json: bool) -> None:
+    """Reconstructed tracks and showers from MODEL (a detector-response model) for the truth particles of TRUTH."""
+    from vbes.cli import progress_bar
+    from vbes.datasets import file_info
+    from vbes.training.sampling import respond_file
+
+    with progress_bar(int(file_info(truth)["n_events"]), "respond", "event") as bar:
+        result = respond_file(model, truth, output, settings_from_context(), tag=tag, seed=seed, repeats=repeats,
+                              fmt=fmt, progress=lambda done: bar.update(done - bar.n))
+    emit(result, as_json, f"wrote {result['events']} events with reconstructed objects from "
+                          f"{result['provenance']['model_uri']} for the truth of {truth} to {result['path']}")

@@ -38,10 +38,35 @@ class DataSource:
 
 @dataclass
 class TrainingData:
-    """The tables of every source, concatenated, with the sources' lineage."""
+    """The tables of every source, concatenated, with the sources' lineage and each event's source."""
 
     tables: Tables
     sources: list[DataSource] = field(default_factory=list)
+    event_source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def conditions(self, store: Any) -> Any:
+        """The calibration conditions of every event (:class:`vbes.models.conditions.Conditions`): each file's runs
+        resolved in the calibration tag its provenance names.
+
+        Args:
+            store: the calibration store.
+
+        Raises:
+            TrainingError: a file that names no calibration tag.
+        """
+        from vbes.models.conditions import Conditions
+
+        conditions = Conditions()
+        runs = np.asarray(self.tables["events"]["run"])
+        for i, source in enumerate(self.sources):
+            mine = self.event_source == i
+            if not mine.any():
+                continue
+            tag = source.provenance.get("calibration_tag")
+            if not tag:
+                raise TrainingError(f"training file {source.path} names no calibration tag in its provenance")
+            conditions.add(store, str(tag), runs[mine])
+        return conditions
 
     def lineage(self) -> dict[str, Any]:
         """Files with SHA-256, calibration tags and payload hashes, as logged with the run."""
@@ -137,10 +162,12 @@ def load_training_data(data: dict[str, Any], settings: Any, cache_dir: Path) -> 
         parts.append(read_events(path))
         sources.append(DataSource(source, path, sha, str(info["digest"]), dict(info["provenance"])))
     tables = _concat(parts)
+    event_source = np.repeat(np.arange(len(parts)), [len(p["events"]["run"]) for p in parts])
     n_events = len(tables["events"]["run"])
     limit = data.get("max_events")
     if limit is not None and n_events > limit:
-        tables = select_events(tables, np.arange(n_events) < limit)
+        keep = np.arange(n_events) < limit
+        tables, event_source = select_events(tables, keep), event_source[keep]
     if len(tables["events"]["run"]) == 0:
         raise TrainingError("the training files hold no events")
-    return TrainingData(tables=tables, sources=sources)
+    return TrainingData(tables=tables, sources=sources, event_source=event_source)

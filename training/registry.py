@@ -10,7 +10,7 @@ from typing import Any
 
 from vbes.errors import InvalidInput, NotFound
 
-__all__ = ["describe_version", "list_models", "parse_model_uri"]
+__all__ = ["describe_version", "list_models", "log_evaluation", "parse_model_uri"]
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -132,3 +132,28 @@ def describe_version(tracking_uri: str, uri: str) -> dict[str, Any]:
                 card = None
     out["model_card"] = card
     return out
+
+
+def log_evaluation(tracking_uri: str, run_id: str, report_dir: str | Path, reference: str | Path,
+                   flat: dict[str, Any]) -> None:
+    """Log an evaluation report to a model's MLflow run: the report folder as artifacts under
+    ``evaluations/<reference name>/``, and its verdict and classifier AUC as tags.
+
+    Args:
+        tracking_uri: the MLflow tracking URI.
+        run_id: the model's training run.
+        report_dir: the report folder (report.html, evaluation.json, the sample).
+        reference: the reference file evaluated against.
+        flat: the evaluation's flat metrics.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    stem = Path(reference).stem
+    folder = Path(report_dir)
+    for name in ("report.html", "evaluation.json"):
+        if (folder / name).is_file():
+            client.log_artifact(run_id, str(folder / name), artifact_path=f"evaluations/{stem}")
+    for key in ("passed", "classifier/auc", "memorisation/passed"):
+        if key in flat:
+            client.set_tag(run_id, f"vbes.evaluation.{stem}.{key.replace('/', '.')}", str(flat[key]))

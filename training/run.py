@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vbes.errors import TrainingError
 from vbes.training.config import config_sha256, load_config
@@ -124,7 +124,8 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 class _DictDataset(Dataset[dict[str, Any]]):
-    """Rows of a dict of equal-length tensors, as dicts (the default collate stacks them)."""
+    """Rows of a dict of equal-length tensors; a batch is fetched with one indexing per tensor (``__getitems__``),
+    not row by row."""
 
     def __init__(self, tensors: Mapping[str, Any]) -> None:
         self.tensors = dict(tensors)
@@ -135,6 +136,76 @@ class _DictDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {k: v[i] for k, v in self.tensors.items()}
+
+    def __getitems__(self, rows: list[int]) -> dict[str, Any]:
+        index = torch.as_tensor(rows, dtype=torch.int64)
+        return {k: v[index] for k, v in self.tensors.items()}
+
+
+def _whole_batch(batch: Any) -> Any:
+    """The collate function of :class:`_DictDataset` batches: already tensors."""
+    return batch
+
+
+class _EpochBatches(Sampler[list[int]]):
+    """Each epoch: the rows in a seeded random order (epoch by epoch) cut into ``n_batches`` nearly equal batches.
+
+    A fixed number of batches lets several streams of different sizes (a family of several tables) advance
+    together, each passed once per epoch. Under DDP every process takes an equal share of the batches.
+    """
+
+    def __init__(self, n_rows: int, n_batches: int, shuffle: bool, seed: int) -> None:
+        self.n_rows, self.n_batches, self.shuffle, self.seed = n_rows, max(n_batches, 1), shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _share(self) -> tuple[int, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        rank, world = self._share()
+        return max(self.n_batches // world, 1)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        rows = rng.permutation(self.n_rows) if self.shuffle else np.arange(self.n_rows)
+        batches = np.array_split(rows, self.n_batches)
+        rank, world = self._share()
+        if world > 1:
+            batches = batches[rank::world][: len(self)]
+        for b in batches:
+            yield b.tolist()
+
+
+def _stream_rows(tensors: Mapping[str, Any]) -> int:
+    """Rows of the smallest stream (a single stream's rows)."""
+    first = next(iter(tensors.values()))
+    if isinstance(first, Mapping):
+        return min(_stream_rows(v) for v in tensors.values())
+    return len(first)
+
+
+def _loaders(tensors: Mapping[str, Any], batch_size: int, shuffle: bool, seed: int) -> Any:
+    """A loader of one stream of tensors, or of several streams advancing together (one batch of each per step)."""
+    from lightning.pytorch.utilities import CombinedLoader
+
+    streams = dict(tensors) if isinstance(next(iter(tensors.values())), Mapping) else {"": tensors}
+    sizes = {k: len(next(iter(v.values()))) for k, v in streams.items()}
+    if min(sizes.values()) == 0:
+        raise TrainingError(f"a training stream is empty: {sizes}")
+    n_batches = -(-max(sizes.values()) // batch_size)
+    loaders = {k: DataLoader(_DictDataset(v), batch_sampler=_EpochBatches(sizes[k], n_batches, shuffle, seed + i),
+                             collate_fn=_whole_batch)
+               for i, (k, v) in enumerate(streams.items())}
+    if "" in loaders:
+        return loaders[""]
+    return CombinedLoader(loaders, mode="min_size")
 
 
 class _EpochMetrics(L.Callback):
@@ -184,11 +255,20 @@ def _write_state(path: Path, state: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _experiment_id(client: Any, name: str, artifacts: str) -> str:
+def _experiment_id(client: Any, name: str, artifacts: str, tracking_uri: str) -> str:
+    """The experiment ``name``, created if new with its artifacts under ``artifacts``.
+
+    With a tracking server (``http(s)://``) and ``artifacts`` a local folder -- the default, the client's home --
+    the server chooses (``mlflow-artifacts:/``, which it serves from its ``--artifacts-destination``): a path on
+    this machine would be one that the server and every other client cannot read.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    location = artifacts if "://" in artifacts else Path(artifacts).absolute().as_uri()
+    local = "://" not in artifacts
+    if local and tracking_uri.startswith(("http://", "https://")):
+        return str(client.create_experiment(name))
+    location = Path(artifacts).absolute().as_uri() if local else artifacts
     return str(client.create_experiment(name, artifact_location=f"{location.rstrip('/')}/{name}"))
 
 
@@ -271,6 +351,11 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
 
     model = build(config["family"], config["model"], seed=config["seed"])
     model.optimizer_config = dict(config["optimizer"])
+    if model.needs_conditions:
+        from vbes.calibration import CalibrationStore
+
+        with CalibrationStore.from_settings(settings) as store:
+            model.conditions = data.conditions(store)
     model.fit_preprocessing(train_tables)
     lineage = {**data.lineage(), "code_version": code_version()}
     runs = events["run"]
@@ -281,16 +366,15 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
         "calibration_tags": lineage["calibration_tags"],
         "events": int(len(runs)),
     })
-    train_set, val_set = _DictDataset(model.make_tensors(train_tables)), _DictDataset(model.make_tensors(val_tables))
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise TrainingError(
-            f"{config['name']}: {len(train_set)} training and {len(val_set)} validation rows; both must be non-empty"
-        )
     batch = int(trainer_cfg["batch_size"])
-    loader_seed = torch.Generator().manual_seed(config["seed"])
-    train_loader: DataLoader[dict[str, Any]] = DataLoader(train_set, batch_size=batch, shuffle=True,
-                                                          generator=loader_seed)
-    val_loader: DataLoader[dict[str, Any]] = DataLoader(val_set, batch_size=batch)
+    train_tensors, val_tensors = model.make_tensors(train_tables), model.make_tensors(val_tables)
+    n_train, n_val = _stream_rows(train_tensors), _stream_rows(val_tensors)
+    if n_train == 0 or n_val == 0:
+        raise TrainingError(
+            f"{config['name']}: {n_train} training and {n_val} validation rows; both must be non-empty"
+        )
+    train_loader = _loaders(train_tensors, batch, True, int(config["seed"]))
+    val_loader = _loaders(val_tensors, batch, False, int(config["seed"]))
 
     client: Any = None
     run_id = ""
@@ -299,19 +383,20 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         mlflow.set_registry_uri(settings.mlflow_tracking_uri)
         client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
-        experiment_id = _experiment_id(client, config["registry"]["experiment"], settings.mlflow_artifacts)
+        experiment_id = _experiment_id(client, config["registry"]["experiment"], settings.mlflow_artifacts,
+                                       settings.mlflow_tracking_uri)
         tags = lineage_tags(lineage, config_sha, config["family"])
         if not resume and state and state.get("status") == "running" and state.get("run_id"):
             # the unfinished run this one replaces (--fresh, or killed before its first checkpoint)
-            with contextlib.suppress(MlflowException):  # a run that the store no longer knows
+            with contextlib.suppress(MlflowException), _stdout_to_stderr():  # a run the store no longer knows
                 client.set_terminated(str(state["run_id"]), "KILLED")
         if resume and state:
             run_id = str(state["run_id"])
             echo(f"resuming {config['name']} from {last} (MLflow run {run_id})")
         else:
             run_id = client.create_run(experiment_id, run_name=config["name"], tags=tags).info.run_id
-            echo(f"training {config['name']} ({config['family']}): {len(train_set)} training, {len(val_set)} "
-                 f"validation rows; MLflow run {run_id} at {settings.mlflow_tracking_uri}")
+            echo(f"training {config['name']} ({config['family']}): {_describe(train_tensors)} training, "
+                 f"{_describe(val_tensors)} validation rows; MLflow run {run_id} at {settings.mlflow_tracking_uri}")
             for key, value in _flat_params(config).items():
                 client.log_param(run_id, key, value)
         _write_state(state_path, {"run_id": run_id, "config_sha256": config_sha, "status": "running"})
@@ -333,6 +418,8 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
         num_sanity_val_steps=0,
         # the project's rule for progress bars (vbes.cli.progress): on a terminal, or when asked for
         enable_progress_bar=sys.stderr.isatty() or os.environ.get("VBES_PROGRESS") == "1",
+        # the batch samplers shard by process themselves (_EpochBatches), so streams stay in step under DDP
+        use_distributed_sampler=False,
     )
     # Lightning's progress bar writes to stdout, which belongs to the command's result (--json)
     with _quiet_lightning(), contextlib.redirect_stdout(sys.stderr):
@@ -350,8 +437,9 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
     model.card.training_domain["best_val_loss"] = best_loss
 
     client.set_tag(run_id, "vbes.world_size", str(trainer.world_size))
-    version = _register(client, run_id, config, model, train_tables, lineage, tags, run_dir, settings)
-    client.set_terminated(run_id, "FINISHED")
+    with _stdout_to_stderr():
+        version = _register(client, run_id, config, model, train_tables, lineage, tags, run_dir, settings)
+        client.set_terminated(run_id, "FINISHED")
     _write_state(state_path, {"run_id": run_id, "config_sha256": config_sha, "status": "finished",
                               "version": version})
     name = config["registry"]["model_name"]
@@ -360,6 +448,19 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
          f"{trainer.current_epoch} epochs)")
     return TrainResult(run_id, rank, name, version, uri, run_dir, resumed_from, int(trainer.current_epoch),
                        best_loss)
+
+
+def _stdout_to_stderr() -> contextlib.redirect_stdout[Any]:
+    """Where MLflow's own lines go: ending a run tracked on a server (``http(s)://``) writes "View run ... at"
+    lines to stdout, which belongs to the command's result (``--json``)."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def _describe(tensors: Mapping[str, Any]) -> str:
+    first = next(iter(tensors.values()))
+    if isinstance(first, Mapping):
+        return " + ".join(f"{len(next(iter(v.values())))} {k}" for k, v in tensors.items())
+    return str(len(first))
 
 
 def _silent(line: str) -> None:

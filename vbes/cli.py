@@ -21,7 +21,7 @@ import click
 
 from vbes.errors import VbesError
 
-__all__ = ["main", "cli", "emit", "progress", "parse_key_values", "settings_from_context"]
+__all__ = ["main", "cli", "emit", "progress", "progress_bar", "parse_key_values", "settings_from_context"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,8 @@ _COMMANDS: dict[str, str] = {
     "evaluate": "vbes.evaluation.cli:evaluate",
     "train": "vbes.training.cli:train_cmd",
     "models": "vbes.training.cli:models",
+    "sample": "vbes.training.cli:sample_cmd",
+    "respond": "vbes.training.cli:respond_cmd",
 }
 
 
@@ -118,10 +120,18 @@ def parse_key_values(pairs: Iterable[str], option: str = "--meta") -> dict[str, 
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
     """Progress bar on stderr for long work; silent when stderr is not a terminal unless VBES_PROGRESS=1."""
+    with progress_bar(total, desc, unit) as bar:
+        for item in iterable:
+            yield item
+            bar.update(1)
+
+
+def progress_bar(total: int | None = None, desc: str = "", unit: str = "it") -> Any:
+    """A progress bar to ``update(n)`` by hand (same rules as :func:`progress`), as a context manager."""
     from tqdm import tqdm
 
     disable = not (sys.stderr.isatty() or os.environ.get("VBES_PROGRESS") == "1")
-    yield from tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr, unit_scale=True)
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -12,6 +12,7 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "StoreUnavailable",
+    "ClusterUnavailable",
     # calibration
     "CalibrationError",
     "TagNotFound",
@@ -91,6 +92,10 @@ class StoreUnavailable(VbesError):
         elif "unable to open database file" in lowered:
             detail = "cannot open or create the database file (does its folder exist?)"
         return cls(f"cannot open store {url}: {detail}")
+
+
+class ClusterUnavailable(VbesError):
+    """A Dask cluster for parallel work cannot be started or reached, or it has no workers."""
 
 
 # --- calibration -----------------------------------------------------------------------------------------
