@@ -12,7 +12,10 @@ n_A n_B)``. The statistic is the mean of the fold AUCs, its null standard error 
 variance over k -- no reference-vs-reference refits are needed. (Pooling the out-of-fold scores of different
 models into one AUC, as before, mixes k score scales: its null z-scores scattered with a standard deviation of
 1.16-1.23 instead of 1.) The reported ``auc_error`` is Hanley & McNeil's (Radiology 143 (1982) 29) at the
-measured AUC. NaN features are fine (the trees route missing values natively).
+measured AUC. NaN features are fine (the trees route missing values natively); a feature with values in fewer
+than :data:`MIN_LEAF` events of both samples together (a slot no event fills: the third track of single-particle
+gun events) is left out and named in ``dropped_features`` -- no split of a tree can use it (every leaf holds at
+least :data:`MIN_LEAF` events), and the trees' binning fails on a column without values.
 
 Threads: the trees run under :func:`threadpoolctl.threadpool_limits` with ``threads`` OpenMP threads (default
 1): OpenMP threads spin-wait for each other, so on a machine that is busy with other work a classifier with
@@ -41,10 +44,12 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from vbes.errors import InsufficientSample, InvalidInput
 
-__all__ = ["MIN_EVENTS_CLASSIFIER", "ClassifierResult", "auc_standard_error", "classifier_test"]
+__all__ = ["MIN_EVENTS_CLASSIFIER", "MIN_LEAF", "ClassifierResult", "auc_standard_error", "classifier_test"]
 
 #: per sample: fewer events leave each fold too few to train trees with early stopping on
 MIN_EVENTS_CLASSIFIER = 1000
+#: fewest events in a leaf of the trees (scikit-learn's default); a feature with fewer values cannot be split on
+MIN_LEAF = 20
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class ClassifierResult:
     iterations: list[int] = field(default_factory=list)
     feature_importance: dict[str, float] = field(default_factory=dict)
     fold_sizes: list[tuple[int, int]] = field(default_factory=list)
+    dropped_features: list[str] = field(default_factory=list)
 
     @property
     def null_error(self) -> float:
@@ -136,6 +142,12 @@ def classifier_test(
     b = reference[rng.permutation(len(reference))[:n]] if len(reference) > n else reference
     x = np.concatenate([a, b])
     y = np.concatenate([np.ones(n, dtype=np.int8), np.zeros(n, dtype=np.int8)])
+    names = feature_names or [f"x{i}" for i in range(x.shape[1])]
+    usable = np.isfinite(x).sum(axis=0) >= MIN_LEAF
+    if not usable.any():
+        raise InsufficientSample(f"classifier test: no feature has values in at least {MIN_LEAF} events")
+    dropped = [name for name, keep in zip(names, usable) if not keep]
+    x, names = x[:, usable], [name for name, keep in zip(names, usable) if keep]
 
     fold_aucs: list[float] = []
     fold_sizes: list[tuple[int, int]] = []
@@ -150,6 +162,7 @@ def classifier_test(
                 early_stopping=True,
                 validation_fraction=0.1,
                 n_iter_no_change=10,
+                min_samples_leaf=MIN_LEAF,
                 random_state=seed + k,
             )
             model.fit(x[train], y[train])
@@ -159,7 +172,6 @@ def classifier_test(
             iterations.append(int(model.n_iter_))
             gain += _split_gains(model, x.shape[1])
     auc = float(np.mean(fold_aucs))
-    names = feature_names or [f"x{i}" for i in range(x.shape[1])]
     total = gain.sum()
     importance = {name: float(g / total) for name, g in zip(names, gain)} if total > 0 else {}
     return ClassifierResult(
@@ -173,6 +185,7 @@ def classifier_test(
         iterations=iterations,
         feature_importance=dict(sorted(importance.items(), key=lambda kv: -kv[1])[:10]),
         fold_sizes=fold_sizes,
+        dropped_features=dropped,
     )
 
 

@@ -210,7 +210,7 @@ def evaluate(
         from vbes.training.registry import log_evaluation
 
         log_evaluation(settings_from_context().mlflow_tracking_uri, model_run, report_dir, reference_path,
-                       result.flat())
+                       result.flat(), outcome)
     findings = result.findings
     memorised = result.memorisation
     summary: dict[str, Any] = {

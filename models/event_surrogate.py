@@ -60,9 +60,14 @@ class TruthModel(torch.nn.Module):
         hidden, transforms, knots: the table's networks and quantile maps.
     """
 
-    def __init__(self, topologies: list[str], hidden: list[int], transforms: int, knots: int) -> None:
+    def __init__(self, topologies: list[str], channels: list[list[int]], hidden: list[int], transforms: int,
+                 knots: int) -> None:
         super().__init__()
         self.topologies = [Topology.parse(k) for k in topologies]
+        # which channel may draw which topology: the others have probability zero, exactly
+        self.allowed_by_channel = np.zeros((_N_CHANNELS, max(len(topologies), 1)), dtype=bool)
+        for t, chans in enumerate(channels):
+            self.allowed_by_channel[chans, t] = True
         self.width = max((t.n_coordinates for t in self.topologies), default=1)
         n = max(len(self.topologies), 1)
         self.table = ConditionalTable(self.width, [n], _N_CHANNELS, hidden, transforms, knots, groups=n,
@@ -85,9 +90,14 @@ class TruthModel(torch.nn.Module):
             start += c.shape[0]
         return values, top[:, None]
 
+    def allowed(self, channels: np.ndarray) -> torch.Tensor:
+        """``(rows, topologies)``: the topologies each row's channel may take."""
+        return torch.as_tensor(self.allowed_by_channel[np.asarray(channels, dtype=np.int64)])
+
     def sample(self, channels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """``(topology code, padded coordinates)`` of one event per channel code."""
-        values, codes = self.table.sample(torch.as_tensor(self.context(channels)), seed=seed)
+        values, codes = self.table.sample(torch.as_tensor(self.context(channels)), seed=seed,
+                                          allowed=self.allowed(channels))
         return codes.numpy()[:, 0], values.numpy()
 
 
@@ -125,8 +135,9 @@ class EventSurrogate(ModelFamily):
                 "topology_channels": None, "seed": 0}
 
     def _build(self) -> None:
-        self.truth = TruthModel(list(self.config["topologies"]), [int(h) for h in self.config["truth_hidden"]],
-                                int(self.config["truth_transforms"]), int(self.config["truth_knots"]))
+        self.truth = TruthModel(list(self.config["topologies"]), list(self.config["topology_channels"]),
+                                [int(h) for h in self.config["truth_hidden"]], int(self.config["truth_transforms"]),
+                                int(self.config["truth_knots"]))
         self.response = build_response(self.config)
 
     def _parts(self) -> tuple[TruthModel, DetectorResponse]:
@@ -216,7 +227,8 @@ class EventSurrogate(ModelFamily):
         rng = np.random.default_rng(int(self.config["seed"]))
         coords, codes, chans, _left = self._decomposed(tables)
         values, top_codes = truth.rows(coords, codes)
-        out = {"truth": truth.table.encode(values, top_codes, truth.context(chans), rng)}
+        out = {"truth": {**truth.table.encode(values, top_codes, truth.context(chans), rng),
+                         "allowed": truth.allowed(chans)}}
         records = response_records(tables, conditions, np.asarray(response.hypotheses))
         out.update(response.tensors(records, conditions, rng))
         return out

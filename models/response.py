@@ -10,8 +10,9 @@ calibration conditions, :class:`DetectorResponse` draws what BESIII reconstructs
    residuals from the true helix (``Δdr, Δφ0, δκ/κ, Δdz, Δtanλ``), the helix covariance (a Cholesky factor:
    positive-definite by construction), dE/dx and its hits, the TOF time's residual from the true flight time, the
    fit's χ² and degrees of freedom, the first and last MDC layer and the muon-counter depth;
-3. **shower** (per shower, the matched one first): energy (relative to the particle's energy for its first shower),
-   direction relative to where the particle's helix meets the EMC, TDC time, crystals, E5x5/E, E3x3/E5x5, second and
+3. **shower** (per shower, the matched one first): crystals (a discrete column drawn first: the kind of shower
+   follows it), energy (relative to the particle's energy for the first shower of a photon or electron),
+   direction relative to where the particle's helix meets the EMC, TDC time, E5x5/E, E3x3/E5x5, second and
    lateral moments, seed fraction and Zernike moments -- conditioned on the track's curvature residual, so that
    electron bremsstrahlung moves E/p as it does;
 4. **noise** (per event): the number of showers no particle made, and each of them (same shower table, its own
@@ -479,9 +480,12 @@ def _track_values(tracks: Mapping[str, np.ndarray], order: np.ndarray, particles
 
 
 def _energy_ref(particles: ParticleBatch, owner: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """Energy scale of each shower's coordinate: the particle's energy for its first shower, else 1 GeV."""
-    e = np.where(owner >= 0, particles.p4[np.maximum(owner, 0), 0], 1.0)
-    return np.where((owner >= 0) & (rank == 0), np.maximum(e, 1e-3), 1.0)
+    """Energy scale of each shower's coordinate: the particle's energy for the first shower of a photon or an
+    electron (which deposits it all), else 1 GeV (a MIP's deposit hardly depends on its momentum)."""
+    safe = np.maximum(owner, 0)
+    e = particles.p4[safe, 0]
+    em = np.isin(np.abs(particles.pdg[safe]), (11, 22))
+    return np.where((owner >= 0) & (rank == 0) & em, np.maximum(e, 1e-3), 1.0)
 
 
 def _shower_values(showers: Mapping[str, np.ndarray], idx: np.ndarray, particles: ParticleBatch,

@@ -331,7 +331,9 @@ class ConditionalTable(nn.Module):
         """Model-space log-likelihood of each row (categorical terms + flow density of ``z``).
 
         Args:
-            rows: ``z``, ``codes``, ``context`` as :meth:`encode` makes them.
+            rows: ``z``, ``codes``, ``context`` as :meth:`encode` makes them, and optionally ``allowed``: the values
+                of the first discrete column each row may take (``(rows, cardinality)`` booleans; the others have
+                probability zero, the rest is normalised among them).
         """
         context, codes = rows["context"], rows["codes"]
         embedded = self._embed(codes, len(self.cardinalities))
@@ -340,6 +342,8 @@ class ConditionalTable(nn.Module):
             if self.cardinalities[j] == 1:
                 continue
             logits = head(self._head_input(context, embedded[:j]))
+            if j == 0 and "allowed" in rows:
+                logits = logits.masked_fill(~rows["allowed"], float("-inf"))
             total = total + torch.log_softmax(logits, dim=1).gather(1, codes[:, j : j + 1]).squeeze(1)
         if self.flow is not None:
             total = total + self.flow(torch.cat([context, *embedded], dim=1)).log_prob(rows["z"])
@@ -347,7 +351,8 @@ class ConditionalTable(nn.Module):
 
     @torch.no_grad()
     def sample(self, context: torch.Tensor, seed: int = 0, codes: torch.Tensor | None = None,
-               group: torch.Tensor | np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               group: torch.Tensor | np.ndarray | None = None,
+               allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows drawn for each context row: ``(continuous (float64, physical), codes)``.
 
         Args:
@@ -355,6 +360,7 @@ class ConditionalTable(nn.Module):
             seed: the draw's seed (same seed, same rows).
             codes: optional discrete codes to condition on instead of drawing them.
             group: quantile group of each row (unless grouped by the first discrete column).
+            allowed: values the first discrete column may take per row (see :meth:`log_prob`).
         """
         n = context.shape[0]
         context = context.float()
@@ -365,8 +371,10 @@ class ConditionalTable(nn.Module):
                 embedded: list[torch.Tensor] = []
                 for j, head in enumerate(self.heads):
                     if self.cardinalities[j] > 1 and n:
-                        probs = torch.softmax(head(self._head_input(context, embedded)), dim=1)
-                        drawn[:, j] = torch.multinomial(probs, 1).squeeze(1)
+                        logits = head(self._head_input(context, embedded))
+                        if j == 0 and allowed is not None:
+                            logits = logits.masked_fill(~allowed, float("-inf"))
+                        drawn[:, j] = torch.multinomial(torch.softmax(logits, dim=1), 1).squeeze(1)
                     if j < self._embedded:
                         embedded.append(self.embeddings[j](drawn[:, j]))
                 codes = drawn

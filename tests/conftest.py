@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,27 +154,35 @@ from vbes.datasets import read_events
 from vbes.models.records import flatten
 mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
-tracks = read_events(sys.argv[3])["tracks"]
-rows = flatten(tracks)
-if len(sys.argv) > 4:
-    rows = {k: v[: int(sys.argv[4])] for k, v in rows.items()}
+spec = json.loads(sys.argv[3])
+if spec["inputs"] is not None:
+    rows = {k: np.asarray(v) for k, v in spec["inputs"].items()}
+else:
+    rows = flatten(read_events(spec["sample"])["tracks"])
+if spec["rows"] is not None:
+    rows = {k: v[: spec["rows"]] for k, v in rows.items()}
 out = model.predict(pd.DataFrame(rows))
+charge = out["charge"].to_numpy(dtype=float)
 print(json.dumps({"rows": len(out), "n": len(next(iter(rows.values()))), "columns": sorted(out.columns),
-                  "max_abs_cos": float(np.abs(out["cos_theta"]).max()),
-                  "charges": sorted(set(out["charge"].astype(int).tolist()))}))
+                  "max_abs_cos": float(np.nanmax(np.abs(out["cos_theta"]))),
+                  "charges": sorted(set(charge[~np.isnan(charge)].astype(int).tolist())),
+                  "events": sorted(set(out["event"].astype(int).tolist())) if "event" in out else None}))
 """
 
 
-def predict_in_fresh_process(tracking_uri: str, model_uri: str, sample: Path, rows: int | None = None,
-                             env: dict[str, str] | None = None) -> dict[str, object]:
+def predict_in_fresh_process(tracking_uri: str, model_uri: str, sample: Path | None = None, rows: int | None = None,
+                             env: dict[str, str] | None = None,
+                             inputs: dict[str, list[Any]] | None = None) -> dict[str, object]:
     """Load ``model_uri`` with ``mlflow.pyfunc.load_model`` in a new Python process (nothing of this one's
-    state) at ``tracking_uri`` and predict the track records of ``sample`` (its first ``rows`` tracks if given).
+    state) at ``tracking_uri`` and predict the track records of ``sample`` -- or the table ``inputs`` (column ->
+    values: the input of families other than the record autoencoder, e.g. ``channel`` and ``run``) -- its first
+    ``rows`` rows if given.
 
-    Returns the number of rows asked for and answered, the answer's columns, max |cos_theta| and the charges.
+    Returns the number of rows asked for and answered, the answer's columns, max |cos_theta| and the charges
+    (over the rows that have them), and the distinct ``event`` values of an answer with that column (else None).
     """
-    args = [sys.executable, "-c", _FRESH_PROCESS, tracking_uri, model_uri, str(sample)]
-    if rows is not None:
-        args.append(str(rows))
+    spec = {"sample": None if sample is None else str(sample), "rows": rows, "inputs": inputs}
+    args = [sys.executable, "-c", _FRESH_PROCESS, tracking_uri, model_uri, json.dumps(spec)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {}), "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -185,3 +194,62 @@ def predict_in_fresh_process(tracking_uri: str, model_uri: str, sample: Path, ro
 def fresh_process_predict() -> Callable[..., dict[str, object]]:
     """:func:`predict_in_fresh_process`, for test modules (they cannot import conftest)."""
     return predict_in_fresh_process
+
+
+def invoke_served_model(tracking_uri: str, model_uri: str, inputs: dict[str, list[Any]], folder: Path) -> list[Any]:
+    """Serve ``model_uri`` with ``mlflow models serve --env-manager local`` (a subprocess on a free loopback port,
+    registry at ``tracking_uri``), POST the table ``inputs`` (column -> values; NaN sent as null) to
+    ``/invocations`` and return the answer's ``predictions``; the server is stopped in every case.
+
+    Args:
+        tracking_uri: the MLflow tracking and registry URI.
+        model_uri: ``models:/NAME@ALIAS``.
+        inputs: the input table.
+        folder: scratch folder (the server's working directory and a ``uvicorn`` shim).
+    """
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    # `mlflow models serve` execs `uvicorn` from PATH: one that runs this interpreter's uvicorn
+    shim = folder / "bin"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "uvicorn").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m uvicorn "$@"\n')
+    (shim / "uvicorn").chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "PATH": f"{shim}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": tracking_uri,
+             "MLFLOW_REGISTRY_URI": tracking_uri},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=folder,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "the model server did not come up"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        body = json.dumps({"dataframe_split": {"columns": list(inputs),
+                                               "data": list(map(list, zip(*inputs.values())))}})
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=body.encode().replace(b"NaN", b"null"),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions: list[Any] = json.loads(response.read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    return predictions
+
+
+@pytest.fixture(scope="session")
+def served_model_predict() -> Callable[..., list[Any]]:
+    """:func:`invoke_served_model`, for test modules."""
+    return invoke_served_model

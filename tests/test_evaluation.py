@@ -185,6 +185,34 @@ def test_distance_pvalues_are_uniform_under_the_null(function, sizes) -> None:
     assert np.mean(pvalues < 0.1) < 0.25 and pvalues.min() > 1e-3
 
 
+def test_classifier_leaves_out_features_too_sparse_to_split_on() -> None:
+    # slots no event fills (a third track of single-particle gun events) made the trees' binning crash
+    def sample(shift: float) -> np.ndarray:
+        x = np.column_stack([RNG.normal(shift, 1, 4000), np.full(4000, np.nan), np.full(4000, np.nan)])
+        x[:3, 2] = 1.0  # present in 3 events per sample: 6 < MIN_LEAF values in all
+        return x
+
+    names = ["p", "track3_p", "shower4_energy"]
+    result = classifier_test(sample(0.5), sample(0.0), n_folds=2, seed=5, max_iter=50, feature_names=names)
+    assert result.dropped_features == ["track3_p", "shower4_energy"]
+    assert result.n_features == 1 and list(result.feature_importance) == ["p"]
+    # what the remaining feature tells apart is still found: Phi(0.5 / sqrt 2) = 0.638
+    assert result.auc == pytest.approx(stats.norm.cdf(0.5 / np.sqrt(2)), abs=0.03)
+    with pytest.raises(InsufficientSample, match="no feature"):
+        classifier_test(sample(0.0)[:, 1:], sample(0.0)[:, 1:])
+
+
+def test_suite_compares_samples_with_a_feature_absent_everywhere() -> None:
+    def table(seed: int, n: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {"p": rng.normal(size=n), "e": rng.exponential(size=n), "never": np.full(n, np.nan)}
+
+    result = evaluate(table(1, 3000), table(2, 6000), config=FAST)
+    auc = result.test("classifier/auc")
+    assert auc.details["dropped_features"] == ["never"] and auc.details["n_features"] == 2
+    assert abs(auc.value - 0.5) < 4 * auc.details["null_error"]
+
+
 def test_classifier_null_error_is_the_per_fold_mann_whitney_error() -> None:
     result = classifier_test(RNG.normal(size=(3000, 2)), RNG.normal(size=(3000, 2)), n_folds=3, seed=4, max_iter=20)
     # three folds of 1000 + 1000: each fold AUC has variance 2001 / (12 1000^2); their mean a third of it

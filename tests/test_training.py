@@ -263,51 +263,16 @@ def test_an_unfinished_run_of_another_configuration_is_not_resumed(env: dict[str
     assert json.loads((run_dir / "state.json").read_text())["status"] == "finished"
 
 
-def test_mlflow_models_serve_answers_invocations(env: dict[str, str], trained: dict[str, Any],
-                                                 tmp_path: Path) -> None:
-    import socket
-    import urllib.request
-
+def test_mlflow_models_serve_answers_invocations(env: dict[str, str], trained: dict[str, Any], tmp_path: Path,
+                                                 served_model_predict: Any) -> None:
     import numpy as np
 
     from vbes.datasets import read_events
     from vbes.models.records import flatten
 
-    # `mlflow models serve` execs `uvicorn` from PATH: one that runs this interpreter's uvicorn
-    shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "uvicorn").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m uvicorn "$@"\n')
-    (shim / "uvicorn").chmod(0o755)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uri = _tracking_uri(env)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", trained["model_uri"], "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "PATH": f"{shim}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": uri,
-             "MLFLOW_REGISTRY_URI": uri},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "the model server did not come up"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.3)
-        tracks = read_events(Path(env["VBES_DATA"]) / "jpsi-rhopi.h5")["tracks"]
-        rows = {k: np.asarray(v[:4]).tolist() for k, v in flatten(tracks).items()}
-        body = json.dumps({"dataframe_split": {"columns": list(rows), "data": list(map(list, zip(*rows.values())))}})
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode().replace(
-            b"NaN", b"null"), headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = json.loads(response.read())["predictions"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    tracks = read_events(Path(env["VBES_DATA"]) / "jpsi-rhopi.h5")["tracks"]
+    rows = {k: np.asarray(v[:4]).tolist() for k, v in flatten(tracks).items()}
+    predictions = served_model_predict(_tracking_uri(env), trained["model_uri"], rows, tmp_path)
     assert len(predictions) == 4
     assert all(abs(p["cos_theta"]) <= 1 and p["charge"] in (-1, 1) for p in predictions)
 

@@ -135,9 +135,11 @@ def describe_version(tracking_uri: str, uri: str) -> dict[str, Any]:
 
 
 def log_evaluation(tracking_uri: str, run_id: str, report_dir: str | Path, reference: str | Path,
-                   flat: dict[str, Any]) -> None:
+                   flat: dict[str, Any], gates: dict[str, Any] | None = None) -> None:
     """Log an evaluation report to a model's MLflow run: the report folder as artifacts under
-    ``evaluations/<reference name>/``, and its verdict and classifier AUC as tags.
+    ``evaluations/<reference name>/``, and as tags ``vbes.evaluation.<reference name>.*`` its verdicts
+    (``passed``, ``memorisation.passed``, with ``gates_passed`` and ``gate_family`` when gates were applied:
+    ``true``/``false``) and its classifier AUC.
 
     Args:
         tracking_uri: the MLflow tracking URI.
@@ -145,6 +147,7 @@ def log_evaluation(tracking_uri: str, run_id: str, report_dir: str | Path, refer
         report_dir: the report folder (report.html, evaluation.json, the sample).
         reference: the reference file evaluated against.
         flat: the evaluation's flat metrics.
+        gates: the gate outcome (:meth:`vbes.evaluation.gates.GateOutcome.as_dict`), if gates were applied.
     """
     from mlflow.tracking import MlflowClient
 
@@ -154,6 +157,13 @@ def log_evaluation(tracking_uri: str, run_id: str, report_dir: str | Path, refer
     for name in ("report.html", "evaluation.json"):
         if (folder / name).is_file():
             client.log_artifact(run_id, str(folder / name), artifact_path=f"evaluations/{stem}")
-    for key in ("passed", "classifier/auc", "memorisation/passed"):
+    prefix = f"vbes.evaluation.{stem}"
+    # flat metrics are numbers (a verdict is 1.0 or 0.0): verdicts are tagged as the registry's other verdicts
+    for key in ("passed", "memorisation/passed"):
         if key in flat:
-            client.set_tag(run_id, f"vbes.evaluation.{stem}.{key.replace('/', '.')}", str(flat[key]))
+            client.set_tag(run_id, f"{prefix}.{key.replace('/', '.')}", "true" if flat[key] else "false")
+    if "classifier/auc" in flat:
+        client.set_tag(run_id, f"{prefix}.classifier.auc", str(flat["classifier/auc"]))
+    if gates is not None:
+        client.set_tag(run_id, f"{prefix}.gates_passed", "true" if gates["passed"] else "false")
+        client.set_tag(run_id, f"{prefix}.gate_family", str(gates["family"]))

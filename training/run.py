@@ -373,8 +373,9 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
         raise TrainingError(
             f"{config['name']}: {n_train} training and {n_val} validation rows; both must be non-empty"
         )
-    train_loader = _loaders(train_tensors, batch, True, int(config["seed"]))
-    val_loader = _loaders(val_tensors, batch, False, int(config["seed"]))
+    with _quiet_lightning():  # a multi-stream CombinedLoader warns of Lightning's own use of torch's pytree
+        train_loader = _loaders(train_tensors, batch, True, int(config["seed"]))
+        val_loader = _loaders(val_tensors, batch, False, int(config["seed"]))
 
     client: Any = None
     run_id = ""

@@ -19,9 +19,12 @@ Sampling modes, by the model's family:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +113,27 @@ def resolve_model(uri: str, settings: Any) -> RegisteredModel:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(staging))
+        with _artifact_progress():
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(staging))
         shutil.rmtree(target, ignore_errors=True)
         staging.replace(target)
     return RegisteredModel(uri, folder, name, str(mv.version), str(mv.run_id or ""), tags.get("vbes.family", ""),
                            tags)
+
+
+@contextlib.contextmanager
+def _artifact_progress() -> Iterator[None]:
+    """MLflow's download progress bar under the project's rule (:func:`vbes.cli.progress`): on a terminal, or
+    when ``VBES_PROGRESS=1`` asks for it; never into a log or a pipe."""
+    variable = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(variable)
+    if before is None and not (sys.stderr.isatty() or os.environ.get("VBES_PROGRESS") == "1"):
+        os.environ[variable] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(variable, None)
 
 
 def _model(folder: str) -> Any:
@@ -315,15 +334,26 @@ def sample_events(
 
 
 def _outside_domain(model: Any, conditions: Any) -> list[str]:
-    """The calibration constants of the request the model was not trained on (outside the training range)."""
-    response = getattr(model, "response", None)
-    keys = list(getattr(response, "condition_keys", []) or [])
-    if response is None or not keys:
+    """The calibration constants of the request outside the range the model was trained on (sorted).
+
+    Every numeric constant of the training periods counts, not only those the networks are conditioned on: a model
+    trained on one run period has no conditioning keys at all, yet a request for another period, whose constants
+    differ, is outside its training domain all the same.
+    """
+    trained = getattr(model, "conditions", None)
+    if trained is None or not trained.periods:
         return []
-    values = conditions.values(keys)
-    lo, hi = response.cond_min.numpy(), response.cond_max.numpy()
-    tol = 1e-9 * np.maximum(np.abs(values), 1.0)
-    return [k for i, k in enumerate(keys) if ((values[:, i] < lo[i] - tol[:, i]) | (values[:, i] > hi[i] + tol[:, i])).any()]
+    flats = [p.flat() for p in trained.periods]
+    keys = set(flats[0]).intersection(*flats[1:])
+    outside: set[str] = set()
+    for period in conditions.periods:
+        requested = period.flat()
+        for key in keys & set(requested):
+            lo, hi = min(f[key] for f in flats), max(f[key] for f in flats)
+            tol = 1e-9 * max(abs(requested[key]), 1.0)
+            if requested[key] < lo - tol or requested[key] > hi + tol:
+                outside.add(key)
+    return sorted(outside)
 
 
 def respond_file(uri: str, truth: str | Path, output: str | Path, settings: Any, tag: str | None = None,
@@ -332,7 +362,7 @@ def respond_file(uri: str, truth: str | Path, output: str | Path, settings: Any,
     """Reconstructed objects for the truth particles of an event file, written with the truth beside them.
 
     Args:
-        uri: a ``detector_response`` (or ``event_surrogate``) model.
+        uri: a ``detector_response`` model.
         truth: an event file with a truth table (its final particles are responded to).
         output: the output file (format from its suffix unless ``fmt``).
         settings: the settings.

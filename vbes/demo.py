@@ -24,8 +24,25 @@ from vbes.settings import Settings
 if TYPE_CHECKING:
     from vbes.archive import AuditReport
     from vbes.evaluation import Evaluation
+    from vbes.evaluation.gates import GateOutcome
 
-__all__ = ["demo", "STEPS", "archive_step", "calibration_step", "evaluation_step", "reference_samples"]
+__all__ = [
+    "DEMO_GUN_SPECIES",
+    "STEPS",
+    "archive_step",
+    "calibration_step",
+    "demo",
+    "evaluation_step",
+    "gun_sample",
+    "reference_samples",
+    "surrogate_step",
+]
+
+#: species of the demo's particle gun (``gun.h5``, the detector-response surrogate's training sample with the rho
+#: pi sample: training/configs/smoke-response.yaml): every charged species and the photon
+DEMO_GUN_SPECIES = ("gamma", "e-", "e+", "mu-", "mu+", "pi-", "pi+", "K-", "K+", "p", "pbar")
+#: the smoke event surrogate that the demo trains (training/configs/smoke-event-surrogate.yaml)
+SMOKE_EVENT_SURROGATE = "models:/vbes-event-surrogate-smoke@candidate"
 
 
 def calibration_step(settings: Settings) -> None:
@@ -74,6 +91,30 @@ def reference_samples(settings: Settings, n_events: int = 2000, runs: tuple[int,
             echo(f"   {channel:9s} {n_events} events, runs {runs[0]}..{runs[1]} -> {path}")
             paths.append(path)
     return paths
+
+
+def gun_sample(settings: Settings, n_events: int = 3000, runs: tuple[int, int] = (-10000, -9001), seed: int = 7,
+               store: Any = None) -> Path:
+    """The particle-gun sample ``gun.h5`` in ``settings.data_dir``: :data:`DEMO_GUN_SPECIES`, the gun's default
+    momentum and angle ranges, through the material and the detector model (``vbes generate gun``).
+
+    Args:
+        settings: the settings (data folder; calibration store unless ``store`` is given).
+        n_events: events (one particle each).
+        runs: MC run range.
+        seed: the gun's seed.
+        store: an open calibration store holding the simulation tag.
+    """
+    from vbes.calibration import CalibrationStore
+    from vbes.datasets import generate_sample
+    from vbes.datasets.gun import GunSpec
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "gun.h5"
+    if store is not None:
+        return generate_sample("gun", n_events, path, runs=runs, seed=seed, store=store, gun=GunSpec(DEMO_GUN_SPECIES))
+    with CalibrationStore.from_settings(settings) as own:
+        return generate_sample("gun", n_events, path, runs=runs, seed=seed, store=own, gun=GunSpec(DEMO_GUN_SPECIES))
 
 
 def _calibration_snapshot(settings: Settings, folder: Path, scope: str) -> list[tuple[Path, str, dict[str, Any]]]:
@@ -170,21 +211,37 @@ def evaluation_step(
     sample: str | os.PathLike[str],
     reference: str | os.PathLike[str],
     report_dir: str | os.PathLike[str] | None = None,
+    family: str = "reference",
+    training: str | os.PathLike[str] | None = None,
 ) -> Evaluation:
-    """The evaluation step: compare two generated samples and write the report.
+    """The evaluation step: compare two samples, apply the shipped gates of ``family``, write the report.
 
     Args:
         settings: the :class:`vbes.settings.Settings` (the report goes under its home folder by default).
-        sample: event file A (e.g. a second seed of a channel, later a model's output).
+        sample: event file A (e.g. a second seed of a channel, or a model's output).
         reference: event file B (needs about twice A's events for full size matching).
         report_dir: where to write (default ``$VBES_HOME/reports/evaluation``).
+        family: gate family (``reference``: statistical identity; ``surrogate``: a generative model's bounds).
+        training: the model's training events, for the memorisation test (``reference`` held out from them).
     """
+    return _evaluate(settings, sample, reference, report_dir, family, training)[0]
+
+
+def _evaluate(
+    settings: Settings,
+    sample: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    report_dir: str | os.PathLike[str] | None,
+    family: str,
+    training: str | os.PathLike[str] | None,
+) -> tuple[Evaluation, GateOutcome, dict[str, Path]]:
+    """:func:`evaluation_step`, returning the gate outcome and the report's paths too."""
     from vbes.evaluation import EvaluationConfig, check_gates, evaluate, write_report
 
     folder = Path(report_dir) if report_dir is not None else Path(settings.home) / "reports" / "evaluation"
     config = EvaluationConfig(classifier_folds=3)
-    result = evaluate(sample, reference, config=config, progress=lambda m: click.echo(f"   {m}"))
-    outcome = check_gates(result.flat(), None, "reference", result.channel)
+    result = evaluate(sample, reference, config=config, progress=lambda m: click.echo(f"   {m}"), training=training)
+    outcome = check_gates(result.flat(), None, family, result.channel)
     paths = write_report(result, folder, outcome.as_dict())
     auc = result.test("classifier/auc") if any(t.name == "classifier/auc" for t in result.tests) else None
     click.echo(
@@ -192,8 +249,52 @@ def evaluation_step(
         f"{result.n_hypotheses - len(result.findings)}/{result.n_hypotheses} hypotheses passed (Holm)"
         + (f", classifier AUC {auc.value:.4f} +- {auc.details['auc_error']:.4f}" if auc else "")
     )
-    click.echo(f"   gates ({outcome.family}): {'passed' if outcome.passed else 'FAILED'}")
+    if result.memorisation is not None:
+        click.echo(f"   memorisation: {'passed' if result.memorisation.passed else 'FAILED'} "
+                   f"(p = {result.memorisation.pvalue:.2g})")
+    click.echo(f"   gates ({outcome.family}): {'passed' if outcome.passed else 'FAILED'}"
+               + (f" ({len(outcome.failed)} of {len(outcome.gates)} checks failed)" if not outcome.passed else ""))
     click.echo(f"   report {paths['html']}")
+    return result, outcome, paths
+
+
+def surrogate_step(
+    settings: Settings,
+    reference: str | os.PathLike[str],
+    model_uri: str = SMOKE_EVENT_SURROGATE,
+    n_events: int = 20_000,
+    report_dir: str | os.PathLike[str] | None = None,
+    seed: int = 1,
+) -> Evaluation:
+    """The surrogate step: draw events of the reference's channel from a registered event surrogate (the function
+    ``vbes sample`` uses), evaluate them against the held-out ``reference`` with the surrogate gates, and log the
+    report to the model's MLflow run (as ``vbes evaluate --model`` does).
+
+    Args:
+        settings: the settings (MLflow registry, calibration store).
+        reference: an event file no model was trained on, with about twice ``n_events`` events.
+        model_uri: the model.
+        n_events: events to draw.
+        report_dir: where the sample and the report go (default ``$VBES_HOME/reports/surrogate``).
+        seed: the draw's seed.
+    """
+    from vbes.training.registry import log_evaluation
+    from vbes.training.sampling import model_sample_for
+
+    folder = Path(report_dir) if report_dir is not None else Path(settings.home) / "reports" / "surrogate"
+    reference = Path(reference)
+    t0 = time.perf_counter()
+    drawn = model_sample_for(model_uri, reference, folder, settings, n_events, seed,
+                             progress=lambda m: click.echo(f"   {m}"))
+    click.echo(f"   drew {n_events} events in {time.perf_counter() - t0:.1f} s -> {drawn.path}")
+    result, outcome, _paths = _evaluate(settings, drawn.path, reference, folder, "surrogate", drawn.training)
+    if drawn.run_id:
+        log_evaluation(settings.mlflow_tracking_uri, drawn.run_id, folder, reference, result.flat(),
+                       outcome.as_dict())
+        click.echo(f"   report logged to MLflow run {drawn.run_id[:12]} "
+                   f"(artifacts evaluations/{reference.stem}/)")
+    if not outcome.passed and "smoke" in model_uri:
+        click.echo("   smoke settings: not trained to any quality gate")
     return result
 
 
@@ -214,11 +315,19 @@ def _step_generate(settings: Settings, state: dict[str, Any]) -> None:
             path = settings.data_dir / f"jpsi-mumu-seed{seed}.h5"
             pair.append(generate_sample("mumu", n_events, path, runs=(-10000, -9001), seed=seed, store=store))
             click.echo(f"   mumu      {n_events} events, seed {seed} -> {path}")
+        # the response surrogate's particle gun, and a rho pi reference that no model trains on (other seed)
+        state["gun"] = gun_sample(settings, store=store)
+        click.echo(f"   gun       3000 events ({', '.join(DEMO_GUN_SPECIES)}) -> {state['gun']}")
+        path = settings.data_dir / "jpsi-rhopi-seed103.h5"
+        state["surrogate_reference"] = generate_sample("rhopi", 40_000, path, runs=(-10000, -9001), seed=103,
+                                                       store=store)
+        click.echo(f"   rhopi     40000 events, seed 103 (held out from training) -> {path}")
     state["evaluation_pair"] = pair
 
 
 def _step_archive(settings: Settings, state: dict[str, Any]) -> None:
     files = list(state.get("samples", [])) + list(state.get("evaluation_pair", []))
+    files += [state[key] for key in ("gun", "surrogate_reference") if key in state]
     archive_step(settings, files=files, scope="demo")
 
 
@@ -231,7 +340,8 @@ def _step_train(settings: Settings, state: dict[str, Any]) -> None:
     for logger in ("lightning", "lightning.pytorch"):
         logging.getLogger(logger).setLevel(logging.WARNING)
     configs = resources.files("vbes.training") / "configs"
-    for name in ("smoke-record-ae.yaml", "smoke-track-flow.yaml"):
+    for name in ("smoke-record-ae.yaml", "smoke-track-flow.yaml", "smoke-response.yaml",
+                 "smoke-event-surrogate.yaml"):
         with resources.as_file(configs / name) as config:
             result = train(config, settings, echo=lambda line: None)
         click.echo(f"   {result.model_uri} = version {result.version} "
@@ -244,12 +354,18 @@ def _step_evaluate(settings: Settings, state: dict[str, Any]) -> None:
     evaluation_step(settings, sample=sample, reference=reference, report_dir=settings.home / "reports" / "mumu")
 
 
+def _step_surrogates(settings: Settings, state: dict[str, Any]) -> None:
+    surrogate_step(settings, state["surrogate_reference"])
+
+
 STEPS: list[tuple[str, Callable[[Settings, dict[str, Any]], None]]] = [
     ("calibration store: import the talk's table, build the simulation tag", _step_calibration),
     ("reference samples: Pythia 8 + BESIII-like detector response, one per channel", _step_generate),
     ("archive: checksummed, replicated on hot and cold tiers, audited", _step_archive),
-    ("models: smoke training of the record autoencoder and the track flow, registered in MLflow", _step_train),
+    ("models: smoke training of the record autoencoder, the track flow and the two surrogates, registered in "
+     "MLflow", _step_train),
     ("evaluation: two independent mumu samples, reference vs reference", _step_evaluate),
+    ("surrogates: sample from candidate and evaluate", _step_surrogates),
 ]
 
 
