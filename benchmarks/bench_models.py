@@ -410,6 +410,9 @@ def resolve_models(bench: Bench) -> None:
         elif "train" not in bench.stages and state.get("models", {}).get(key):
             bench.models[key] = state["models"][key]
             bench.results.setdefault("training", {}).setdefault(key, state.get("training", {}).get(key, {}))
+        if not bench.models.get(key) and "train" not in bench.stages and {"evaluate", "speed"} & set(bench.stages):
+            option = "--model" if key == "event" else "--response-model"
+            print(f"bench_models: no {key} model (give {option} or run the train stage): its figures are skipped")
 
 
 def run_timeline(bench: Bench, uri: str) -> dict[str, Any]:
@@ -451,13 +454,16 @@ def cached(path: Path, n_events: int) -> bool:
 
 
 def evaluation_config(bench: Bench) -> Any:
-    """The suite's defaults except 2 threads and ``--null-trials`` self-check splits (0: the self-check decides
-    nothing, every test has its own p-value); --quick also lightens the classifier."""
+    """The suite's defaults except ``--threads`` (2) and ``--null-trials`` self-check splits (0: the self-check
+    decides nothing, every test has its own p-value); --quick also lightens the classifier."""
     from vbes.evaluation import EvaluationConfig
 
-    lighter = {k: v for k, v in (("classifier_folds", bench.sizes.classifier_folds),
-                                 ("classifier_max_iter", bench.sizes.classifier_max_iter)) if v is not None}
-    return EvaluationConfig(threads=2, null_trials=bench.args.null_trials, **lighter)
+    config = EvaluationConfig(threads=bench.args.threads, null_trials=bench.args.null_trials)
+    if bench.sizes.classifier_folds is not None:
+        config.classifier_folds = bench.sizes.classifier_folds
+    if bench.sizes.classifier_max_iter is not None:
+        config.classifier_max_iter = bench.sizes.classifier_max_iter
+    return config
 
 
 def describe_config(bench: Bench) -> str:
@@ -500,15 +506,17 @@ def summarise(result: Any, channel: str, gate_file: str | None) -> dict[str, Any
     specs = gate_specs(channel, gate_file)
     failures = [{"gate": g["gate"], "metric": g["metric"], "value": g["value"], "bound": g["bound"],
                  "excess": gate_excess(g, specs.get(g["gate"], {}))} for g in outcome.gates if not g["passed"]]
-    peaks = sorted({name.split("/")[1] for name in flat if name.startswith("observables/")
-                    and name.endswith("/position.shift")})
+    # the reference's peaks: one the sample's fit could not find is a miss, not a missing row
+    reference_observables = result.samples[1].observables if result.samples else []
     peak_rows = []
-    for peak in peaks:
+    for peak in [o.name for o in reference_observables if o.kind == "peak"]:
         own = [g for g in outcome.gates if g["metric"].startswith(f"observables/{peak}/")]
+        fitted = f"observables/{peak}/position.shift" in flat
         peak_rows.append({"name": peak, "shift": flat.get(f"observables/{peak}/position.shift"),
                           "shift_over_width": flat.get(f"observables/{peak}/position.shift_over_reference_width"),
                           "width_ratio": flat.get(f"observables/{peak}/width.ratio"),
-                          "gates": len(own), "passed": all(g["passed"] for g in own),
+                          "gates": len(own), "passed": fitted and all(g["passed"] for g in own),
+                          "skipped": result.skipped.get(f"observables/{peak}"),
                           "failures": [f["excess"] for f in failures
                                        if f["metric"].startswith(f"observables/{peak}/")]})
     w1 = [(name, f["w1_over_resolution"]) for name, f in result.features.items()
@@ -665,7 +673,7 @@ def evaluate_conditioning(bench: Bench) -> None:
             for kind, path in (("reference", reference), ("surrogate", sample)):
                 for name, v in conditioning_quantities(read_events(path), channel).items():
                     values[kind].setdefault(name, []).append(v)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, ref in values["reference"].items():
         sur = values["surrogate"].get(name, [])
         if len(ref) != 2 or len(sur) != 2:
@@ -718,10 +726,13 @@ def speed_event(bench: Bench) -> dict[str, Any]:
     from vbes.datasets import generate_sample
     from vbes.datasets.simulation import simulate
     from vbes.models import load
+    from vbes.models.event_surrogate import EventSurrogate
     from vbes.training.sampling import resolve_model
 
     uri = bench.models["event"]
     model = load(resolve_model(uri, bench.settings).folder)
+    if not isinstance(model, EventSurrogate):
+        raise SystemExit(f"bench_models: {uri} is a {model.family} model, not event_surrogate")
     torch.set_num_threads(2)
     cond = conditions_of(bench, bench.runs)
     request = {"channel": "rhopi", "runs": bench.runs, "conditions": cond}
@@ -763,10 +774,12 @@ def speed_response(bench: Bench) -> dict[str, Any]:
     from vbes.datasets.gun import GUN_SPECIES, GunSpec, ParticleGun
     from vbes.datasets.simulation import simulate
     from vbes.models import load
-    from vbes.models.response import truth_particles
+    from vbes.models.response import ResponseSurrogate, truth_particles
     from vbes.training.sampling import resolve_model
 
     model = load(resolve_model(bench.models["response"], bench.settings).folder)
+    if not isinstance(model, ResponseSurrogate):
+        raise SystemExit(f"bench_models: {bench.models['response']} is a {model.family} model, not detector_response")
     torch.set_num_threads(2)
     spec = GunSpec(tuple(GUN_SPECIES), p_range=GUN_P_RANGE)
     n, chunk = bench.sizes.speed_particles, bench.sizes.chunk_events
@@ -845,17 +858,20 @@ def quality_rows(label: str, s: Mapping[str, Any]) -> list[Row]:
                         at_most(s["auc"], TARGET_AUC, 3), notes))
     for peak in s["peaks"]:
         shift, ratio = peak["shift_over_width"], peak["width_ratio"]
-        measured = (f"shift {peak['shift']:+.3g} ({shift:+.3f} w), width x{ratio:.3f}"
-                    if shift is not None and ratio is not None else "not fitted")
-        rows.append(Row(f"{label}: peak {peak['name']}", measured, f"{peak['gates']} gates",
-                        "pass" if peak["passed"] else "MISS", peak["failures"]))
+        if shift is None or ratio is None:
+            rows.append(Row(f"{label}: peak {peak['name']}", "not fitted in the sample", "fitted, within gates",
+                            "MISS", [str(peak["skipped"])] + peak["failures"]))
+            continue
+        rows.append(Row(f"{label}: peak {peak['name']}", f"shift {peak['shift']:+.3g} ({shift:+.3f} widths), width "
+                        f"x{ratio:.3f}", f"{peak['gates']} gates", "pass" if peak["passed"] else "MISS",
+                        peak["failures"]))
     other = [f for f in s["gate_failures"] if not f["metric"].startswith("observables/")]
     rows.append(Row(f"{label}: surrogate gates", f"{s['gates'] - len(s['gate_failures'])} of {s['gates']} pass",
                     "all", "pass" if s["gates_passed"] else f"MISS ({len(s['gate_failures'])} fail)",
                     [f["excess"] for f in other[:6]] + ([f"... {len(other) - 6} more"] if len(other) > 6 else [])))
     worst = s["worst_w1"]
     if worst["feature"] is not None:
-        rows.append(Row(f"{label}: worst W1 / resolution", f"{worst['w1_over_resolution']:.3f} ({worst['feature']})",
+        rows.append(Row(f"{label}: worst W1 / resolution", f"{worst['w1_over_resolution']:.4g} ({worst['feature']})",
                         f"<= {TARGET_W1_OVER_RESOLUTION}", at_most(worst["w1_over_resolution"],
                                                                    TARGET_W1_OVER_RESOLUTION, 3)))
     memo = s["memorisation"]
@@ -998,6 +1014,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--species", help="comma-separated gun species of the response evaluation (default: all 14;"
                                           " --quick gamma,e-,pi+,n)")
     parser.add_argument("--gates", help="gate file, family surrogate (default: the one shipped with vbes)")
+    parser.add_argument("--threads", type=int, default=2, help="threads of the evaluation suite (default: 2)")
     parser.add_argument("--null-trials", type=int, default=0,
                         help="self-check splits of each evaluation; they decide nothing (0, the default, or at "
                              "least 19 at alpha 0.05)")

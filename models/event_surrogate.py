@@ -246,8 +246,7 @@ class EventSurrogate(ModelFamily):
             batch: ``{table: rows}`` as :meth:`make_tensors` returns them.
         """
         truth, response = self._parts()
-        tables = {"particle": response.particle_table, "track": response.track_table,
-                  "shower": response.shower_table, "noise": response.noise_table}
+        tables = response.tables()
         parts = [truth.table.log_prob(batch["truth"])]
         parts += [tables[name].log_prob(batch[name]) for name in tables if name in batch]
         return torch.cat(parts)

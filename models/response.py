@@ -1,15 +1,17 @@
 """The detector-response surrogate: reconstructed tracks and showers for truth particles (FlashSim's idea at BESIII).
 
 For every final particle of the generator (species, four-momentum, production vertex) and the run period's
-calibration conditions, :class:`DetectorResponse` draws what BESIII reconstructs of it, as four conditional tables
+calibration conditions, :class:`DetectorResponse` draws what BESIII reconstructs of it, as five conditional tables
 (:class:`vbes.models.tabular.ConditionalTable`), sampled in this order:
 
 1. **particle**: how many tracks (0, 1, 2: a conversion pair or a kink) and how many EMC showers it leaves -- the
    reconstruction *efficiency* is ``P(tracks >= 1)``, learned, not a parametrisation;
 2. **track** (per track): whether TOF measured it and whether a shower is matched to it, and its measurement as
-   residuals from the true helix (``Δdr, Δφ0, δκ/κ, Δdz, Δtanλ``), the helix covariance (a Cholesky factor:
-   positive-definite by construction), dE/dx and its hits, the TOF time's residual from the true flight time, the
-   fit's χ² and degrees of freedom, the first and last MDC layer and the muon-counter depth;
+   residuals from the true helix (``Δdr, Δφ0, δκ/κ, Δdz, Δtanλ``), dE/dx against the calibration's expected
+   curve at the true velocity and the TOF time against the true flight time, each in units of the resolution the
+   run's calibration states (pulls), the dE/dx hits, the fit's χ² and degrees of freedom, the first and last MDC
+   layer and the muon-counter depth; then the **covariance** of the helix, conditioned on that measurement (a
+   Cholesky factor: positive-definite by construction);
 3. **shower** (per shower, the matched one first): crystals (a discrete column drawn first: the kind of shower
    follows it), energy (relative to the particle's energy for the first shower of a photon or electron),
    direction relative to where the particle's helix meets the EMC, TDC time, E5x5/E, E3x3/E5x5, second and
@@ -24,9 +26,13 @@ Derived fields are computed, not learned, with the reconstruction's formulas and
 crystal faces, module, crystal id, errors and split-cluster status. Integers come out as integers (the quantile maps
 hold them as atoms), E >= 0, |cos θ| <= 1, covariances positive-definite.
 
-Conditions: the network context holds the calibration constants that differ between the training periods
-(:func:`vbes.models.conditions.varying_keys`), standardised; inputs outside the training domain (momentum, angle,
-species, constants) are counted by :meth:`DetectorResponse.domain_fraction`.
+Conditions enter in two ways. Constants whose meaning is a scale or a resolution set the units of the learned
+coordinates: shower energies are in units of the period's EMC energy scale, TOF and dE/dx residuals in units of
+the period's TOF and dE/dx resolutions -- what the calibration says they are, so a period with other constants
+gets the response those constants imply. And every constant that differs between the training periods
+(:func:`vbes.models.conditions.varying_keys`) is an input of the networks, standardised, so that whatever else a
+period changes is learned. Inputs outside the training domain (momentum, angle, species, constants) are counted by
+:meth:`DetectorResponse.domain_fraction`.
 
 Oversampling: :meth:`DetectorResponse.respond` accepts ``repeats``: each truth particle is responded to ``k`` times
 with independent draws. The ``k`` responses of one event share its truth, so they are not independent events: an
@@ -78,9 +84,15 @@ _COV = [(i, j) for i in range(5) for j in range(i + 1)]
 TRACK_COLUMNS = (
     "d_dr", "d_phi0", "d_kappa_rel", "d_dz", "d_tanl",
     *(f"cov_log_l{i}{i}" if i == j else f"cov_l{i}{j}_over_l{i}{i}" for i, j in _COV),
-    "log_dedx_ratio", "dedx_nhits", "tof_residual", "fit_chi2", "fit_ndof", "mdc_first_layer", "mdc_last_layer", "muc_depth",
+    "dedx_pull", "dedx_nhits", "tof_pull", "fit_chi2", "fit_ndof", "mdc_first_layer", "mdc_last_layer", "muc_depth",
 )
 _TRACK_INTEGERS = ("dedx_nhits", "fit_ndof", "mdc_first_layer", "mdc_last_layer")
+# the track's measurement, and its helix covariance -- drawn after the measurement, conditioned on it: the
+# covariance follows from the momentum, angle and hits the fit had, and learning it apart keeps the measurement's
+# flow for what the physics sees
+_MEASUREMENT = [i for i, c in enumerate(TRACK_COLUMNS) if not c.startswith("cov_")]
+_COVARIANCE = [i for i, c in enumerate(TRACK_COLUMNS) if c.startswith("cov_")]
+_COV_EXTRA = 7
 SHOWER_COLUMNS = (
     "log_energy_ratio", "d_theta", "d_phi", "time", "e5x5_over_e", "e3x3_over_e5x5", "second_moment",
     "lat_moment", "seed_over_e3x3", "a20_moment", "a42_moment",
@@ -189,6 +201,23 @@ class ParticleBatch:
         p = self.p
         mass = np.sqrt(np.maximum(self.p4[:, 0] ** 2 - p**2, 0.0))
         return np.minimum(p / np.maximum(mass, 1e-6), 1e6)
+
+    def period_constant(self, rows: np.ndarray, conditions: Conditions, payload: str, key: str) -> np.ndarray:
+        """A payload constant of the period of each particle of ``rows``."""
+        values = np.asarray([float(p.constants[payload][key]) for p in conditions.periods])
+        return values[self.period[rows]]
+
+    def tof_sigma(self, rows: np.ndarray, conditions: Conditions) -> np.ndarray:
+        """The TOF resolution (ns) of the calibration for each particle: barrel or endcap by its true direction."""
+        p = np.maximum(self.p[rows], 1e-12)
+        barrel = np.abs(self.p4[rows, 3] / p) < self.period_constant(rows, conditions, "Tof", "barrel_cos_max")
+        return np.where(barrel, self.period_constant(rows, conditions, "Tof", "sigma_barrel_ns"),
+                        self.period_constant(rows, conditions, "Tof", "sigma_endcap_ns"))
+
+    def dedx_sigma(self, rows: np.ndarray, nhits: np.ndarray, conditions: Conditions) -> np.ndarray:
+        """The calibration's relative dE/dx resolution for ``nhits`` hits."""
+        hits_mean = self.period_constant(rows, conditions, "Dedx", "hits_mean")
+        return self.period_constant(rows, conditions, "Dedx", "sigma_rel") * np.sqrt(hits_mean / np.maximum(nhits, 1))
 
     def expected_dedx(self, rows: np.ndarray, conditions: Conditions) -> np.ndarray:
         """The calibration's expected dE/dx (normPH) at the true βγ of particles ``rows``, in their periods."""
@@ -306,7 +335,7 @@ def _cov_packed(params: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ResponseRecords:
-    """Training rows of the four tables, in physical coordinates (NumPy)."""
+    """Training rows of the tables, in physical coordinates (NumPy)."""
 
     particles: ParticleBatch
     particle_codes: np.ndarray  # (n, 2): tracks, showers
@@ -430,7 +459,8 @@ def response_records(tables: Mapping[str, Mapping[str, np.ndarray]], conditions:
     shower_particle = np.concatenate([s_owner, np.full(noise.size, -1)])
     shower_rank = np.concatenate([s_rank, np.zeros(noise.size, np.int64)])
     sh_period = event_period[sh_event[shower_idx]]
-    shower_values = _shower_values(showers, shower_idx, particles, shower_particle, shower_rank)
+    shower_values = _shower_values(showers, shower_idx, particles, shower_particle, shower_rank, sh_period,
+                                   conditions)
     crystals = np.asarray(showers["n_crystals"], dtype=np.int64)[shower_idx]
     shower_codes = (np.clip(crystals, 1, MAX_CRYSTALS) - 1)[:, None]
     kappa = np.zeros(len(particles))
@@ -446,6 +476,18 @@ def response_records(tables: Mapping[str, Mapping[str, np.ndarray]], conditions:
         particles, np.column_stack([n_tracks, n_showers]), owner, rank, track_codes, track_values, shower_particle,
         shower_rank, shower_values, shower_codes, sh_period, sh_kappa, sh_flags, event_period, noise_counts, vocab,
     )
+
+
+def _covariance_context(measured: np.ndarray) -> np.ndarray:
+    """What the helix covariance depends on, from a track's measurement (columns of ``_MEASUREMENT``): its
+    curvature and dip residuals, dE/dx hits, fit degrees of freedom and χ², and the MDC layers it spans."""
+    col = {TRACK_COLUMNS[i]: k for k, i in enumerate(_MEASUREMENT)}
+    return np.column_stack([
+        np.clip(measured[:, col["d_kappa_rel"]], -1.0, 1.0) * 10.0, np.clip(measured[:, col["d_tanl"]], -1, 1) * 10,
+        measured[:, col["dedx_nhits"]] / 40.0, measured[:, col["fit_ndof"]] / 40.0,
+        np.log1p(np.maximum(measured[:, col["fit_chi2"]], 0.0)) / 4.0,
+        measured[:, col["mdc_first_layer"]] / 43.0, measured[:, col["mdc_last_layer"]] / 43.0,
+    ])
 
 
 def _track_groups_of(records: ResponseRecords) -> np.ndarray:
@@ -469,27 +511,35 @@ def _track_values(tracks: Mapping[str, np.ndarray], order: np.ndarray, particles
     cov = _cov_parameters(np.asarray(tracks["helix_cov"], np.float64)[order])
     tof = np.asarray(tracks["tof"], np.float64)[order]
     path = np.asarray(tracks["tof_path"], np.float64)[order]
-    tof_resid = np.where(tof_present, tof - path / (np.maximum(particles.beta[owner], 1e-6) * _C_CM_PER_NS), np.nan)
-    # dE/dx relative to the calibration's expectation at the true velocity: one distribution for every species
+    # the TOF time against the flight time at the true velocity, and dE/dx against the calibration's expectation at
+    # the true velocity, each in units of the resolution the run's calibration states: pulls, one distribution
+    # for every species and period, whatever the period's TOF and dE/dx resolutions
+    tof_resid = tof - path / (np.maximum(particles.beta[owner], 1e-6) * _C_CM_PER_NS)
+    tof_pull = np.where(tof_present, tof_resid / particles.tof_sigma(owner, conditions), np.nan)
     dedx = np.maximum(np.asarray(tracks["dedx"], np.float64)[order], 1e-6)
-    cols = [np.log(dedx / particles.expected_dedx(owner, conditions)),
-            np.asarray(tracks["dedx_nhits"], np.float64)[order], tof_resid]
+    nhits = np.asarray(tracks["dedx_nhits"], np.float64)[order]
+    dedx_pull = np.log(dedx / particles.expected_dedx(owner, conditions)) / particles.dedx_sigma(owner, nhits,
+                                                                                                  conditions)
+    cols = [dedx_pull, nhits, tof_pull]
     cols += [np.asarray(tracks[c], np.float64)[order] for c in ("fit_chi2", "fit_ndof", "mdc_first_layer",
                                                                   "mdc_last_layer", "muc_depth")]
     return np.column_stack([resid, cov, *cols])
 
 
-def _energy_ref(particles: ParticleBatch, owner: np.ndarray, rank: np.ndarray) -> np.ndarray:
+def _energy_ref(particles: ParticleBatch, owner: np.ndarray, rank: np.ndarray, period: np.ndarray,
+                conditions: Conditions) -> np.ndarray:
     """Energy scale of each shower's coordinate: the particle's energy for the first shower of a photon or an
-    electron (which deposits it all), else 1 GeV (a MIP's deposit hardly depends on its momentum)."""
+    electron (which deposits it all), else 1 GeV (a MIP's deposit hardly depends on its momentum); times the run
+    period's EMC energy scale for what particles deposit (noise is electronics: not scaled)."""
     safe = np.maximum(owner, 0)
     e = particles.p4[safe, 0]
     em = np.isin(np.abs(particles.pdg[safe]), (11, 22))
-    return np.where((owner >= 0) & (rank == 0) & em, np.maximum(e, 1e-3), 1.0)
+    scale = np.asarray([float(p.constants["Emc"]["energy_scale"]) for p in conditions.periods])[period]
+    return np.where(owner >= 0, scale, 1.0) * np.where((owner >= 0) & (rank == 0) & em, np.maximum(e, 1e-3), 1.0)
 
 
 def _shower_values(showers: Mapping[str, np.ndarray], idx: np.ndarray, particles: ParticleBatch,
-                   owner: np.ndarray, rank: np.ndarray) -> np.ndarray:
+                   owner: np.ndarray, rank: np.ndarray, period: np.ndarray, conditions: Conditions) -> np.ndarray:
     energy = np.maximum(np.asarray(showers["energy"], np.float64)[idx], 1e-6)
     theta = np.asarray(showers["theta"], np.float64)[idx]
     phi = np.asarray(showers["phi"], np.float64)[idx]
@@ -501,7 +551,7 @@ def _shower_values(showers: Mapping[str, np.ndarray], idx: np.ndarray, particles
     e3 = np.asarray(showers["e3x3"], np.float64)[idx]
     seed = np.asarray(showers["e_seed"], np.float64)[idx]
     return np.column_stack([
-        np.log(energy / _energy_ref(particles, owner, rank)), d_theta, d_phi,
+        np.log(energy / _energy_ref(particles, owner, rank, period, conditions)), d_theta, d_phi,
         np.asarray(showers["time"], np.float64)[idx], e5 / energy, np.where(e5 > 0, e3 / np.where(e5 > 0, e5, 1.0), 1.0),
         np.asarray(showers["second_moment"], np.float64)[idx], np.asarray(showers["lat_moment"], np.float64)[idx],
         np.where(e3 > 0, seed / np.where(e3 > 0, e3, 1.0), 1.0),
@@ -531,7 +581,8 @@ class DetectorResponse(nn.Module):
     domain_species: torch.Tensor
 
     def __init__(self, condition_keys: list[str], hypotheses: list[int], hidden: list[int], transforms: int,
-                 knots: int, shower_hidden: list[int], shower_transforms: int) -> None:
+                 knots: int, shower_hidden: list[int], shower_transforms: int, context_features: int = 0,
+                 shower_context_features: int = 0) -> None:
         super().__init__()
         self.condition_keys = list(condition_keys)
         self.hypotheses = np.asarray(hypotheses, dtype=np.int64)
@@ -539,10 +590,15 @@ class DetectorResponse(nn.Module):
         ctx = _N_PARTICLE_FEATURES + n_cond
         self.particle_table = ConditionalTable(0, [MAX_TRACKS + 1, MAX_SHOWERS + 1], ctx + _N_ENCODINGS, hidden, 1,
                                                knots)
-        self.track_table = ConditionalTable(len(TRACK_COLUMNS), [2, 2, max(len(hypotheses), 1)],
-                                            ctx + _N_ENCODINGS + 2, hidden, transforms, knots, groups=N_TRACK_GROUPS)
+        self.track_table = ConditionalTable(len(_MEASUREMENT), [2, 2, max(len(hypotheses), 1)],
+                                            ctx + _N_ENCODINGS + 2, hidden, transforms, knots, groups=N_TRACK_GROUPS,
+                                            context_features=context_features)
+        self.covariance_table = ConditionalTable(len(_COVARIANCE), [], ctx + _N_ENCODINGS + 2 + _COV_EXTRA, hidden,
+                                                 transforms, knots, groups=N_TRACK_GROUPS,
+                                                 context_features=context_features)
         self.shower_table = ConditionalTable(len(SHOWER_COLUMNS), [MAX_CRYSTALS], ctx + _SHOWER_EXTRA,
-                                             shower_hidden, shower_transforms, knots, groups=N_SHOWER_GROUPS)
+                                             shower_hidden, shower_transforms, knots, groups=N_SHOWER_GROUPS,
+                                             context_features=shower_context_features)
         self.noise_table = ConditionalTable(0, [MAX_NOISE + 1], n_cond, hidden, 1, knots)
         self.register_buffer("cond_mean", torch.zeros(n_cond, dtype=torch.float64))
         self.register_buffer("cond_std", torch.ones(n_cond, dtype=torch.float64))
@@ -585,7 +641,9 @@ class DetectorResponse(nn.Module):
             self.cond_std.copy_(torch.as_tensor(np.maximum(values.std(axis=0), 1e-12)))
             self.cond_min.copy_(torch.as_tensor(values.min(axis=0)))
             self.cond_max.copy_(torch.as_tensor(values.max(axis=0)))
-        self.track_table.fit(records.track_values, records.track_codes, _track_groups_of(records))
+        group = _track_groups_of(records)
+        self.track_table.fit(records.track_values[:, _MEASUREMENT], records.track_codes, group)
+        self.covariance_table.fit(records.track_values[:, _COVARIANCE], np.zeros((group.size, 0), np.int64), group)
         self.shower_table.fit(records.shower_values, records.shower_codes, _shower_groups_of(records))
         species = _species_index(records.particles.pdg)
         p = records.particles.p
@@ -597,7 +655,7 @@ class DetectorResponse(nn.Module):
 
     def tensors(self, records: ResponseRecords, conditions: Conditions,
                 rng: np.random.Generator) -> dict[str, dict[str, torch.Tensor]]:
-        """Training tensors of the four tables."""
+        """Training tensors of the tables, by stream."""
         cond = self.condition_vectors(conditions)
         pctx = self._particle_context(records.particles, cond)
         pctx_enc = np.column_stack([pctx, records.particles.encodings()])
@@ -605,8 +663,11 @@ class DetectorResponse(nn.Module):
                                               rng)
         tctx = np.column_stack([pctx_enc[records.track_particle], records.track_rank,
                                 records.particle_codes[records.track_particle, 1] / 4.0])
-        track = self.track_table.encode(records.track_values, records.track_codes, tctx, rng,
-                                        _track_groups_of(records))
+        group = _track_groups_of(records)
+        track = self.track_table.encode(records.track_values[:, _MEASUREMENT], records.track_codes, tctx, rng, group)
+        cctx = np.column_stack([tctx, _covariance_context(records.track_values[:, _MEASUREMENT])])
+        covariance = self.covariance_table.encode(records.track_values[:, _COVARIANCE],
+                                                  np.zeros((group.size, 0), np.int64), cctx, rng, group)
         sctx = self._shower_context(pctx, records.shower_particle, records.shower_rank, records.particle_codes[:, 1],
                                     records.shower_track_kappa, records.shower_track_flags,
                                     cond[records.shower_period])
@@ -614,13 +675,16 @@ class DetectorResponse(nn.Module):
                                           _shower_groups_of(records))
         noise = self.noise_table.encode(np.zeros((records.noise_counts.size, 0)), records.noise_counts[:, None],
                                         cond[records.event_period], rng)
-        return {"particle": particle, "track": track, "shower": shower, "noise": noise}
+        return {"particle": particle, "track": track, "covariance": covariance, "shower": shower, "noise": noise}
+
+    def tables(self) -> dict[str, ConditionalTable]:
+        """The conditional tables by stream name."""
+        return {"particle": self.particle_table, "track": self.track_table, "covariance": self.covariance_table,
+                "shower": self.shower_table, "noise": self.noise_table}
 
     def loss_terms(self, batch: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Mean negative log-likelihood of each table's batch."""
-        tables = {"particle": self.particle_table, "track": self.track_table, "shower": self.shower_table,
-                  "noise": self.noise_table}
-        return {name: -tables[name].log_prob(batch[name]).mean() for name in tables if name in batch}
+        return {name: -table.log_prob(batch[name]).mean() for name, table in self.tables().items() if name in batch}
 
     # --- sampling ------------------------------------------------------------------------------------------------
     def domain_fraction(self, particles: ParticleBatch, conditions: Conditions) -> float:
@@ -653,7 +717,7 @@ class DetectorResponse(nn.Module):
         Returns:
             ``{"tracks": {...}, "showers": {...}, "n_tracks": (n_events,), "n_showers": (n_events,)}``.
         """
-        rng_seeds = np.random.SeedSequence([int(seed), 0x5E5]).generate_state(4)
+        rng_seeds = np.random.SeedSequence([int(seed), 0x5E5]).generate_state(5)
         cond = self.condition_vectors(conditions)
         pctx = self._particle_context(particles, cond)
         pctx_enc = np.column_stack([pctx, particles.encodings()])
@@ -665,9 +729,14 @@ class DetectorResponse(nn.Module):
         t_owner = np.repeat(np.arange(n), n_tracks)
         t_rank = np.arange(t_owner.size) - np.searchsorted(t_owner, t_owner, side="left")
         tctx = np.column_stack([pctx_enc[t_owner], t_rank, n_showers[t_owner] / 4.0])
-        t_values, t_codes = self.track_table.sample(torch.as_tensor(tctx), seed=int(rng_seeds[1]),
-                                                    group=track_groups(particles.pdg[t_owner], t_rank))
-        t_values_np, t_codes_np = t_values.numpy(), t_codes.numpy()
+        t_group = track_groups(particles.pdg[t_owner], t_rank)
+        measured, t_codes = self.track_table.sample(torch.as_tensor(tctx), seed=int(rng_seeds[1]), group=t_group)
+        cctx = np.column_stack([tctx, _covariance_context(measured.numpy())])
+        cov, _ = self.covariance_table.sample(torch.as_tensor(cctx), seed=int(rng_seeds[4]), group=t_group)
+        t_values_np = np.zeros((t_owner.size, len(TRACK_COLUMNS)))
+        t_values_np[:, _MEASUREMENT] = measured.numpy()
+        t_values_np[:, _COVARIANCE] = cov.numpy()
+        t_codes_np = t_codes.numpy()
         matched = (t_codes_np[:, 1] == 1) & (t_rank == 0) & (n_showers[t_owner] > 0)
         # showers
         kappa = np.zeros(n)
@@ -718,7 +787,9 @@ def _assemble(particles: ParticleBatch, conditions: Conditions, n_events: int, t
     nhits = np.maximum(ints["dedx_nhits"], 1)
     first = np.clip(ints["mdc_first_layer"], -1, 42)
     last = np.clip(np.maximum(ints["mdc_last_layer"], first), -1, 42)
-    dedx = np.exp(np.clip(v[:, col["log_dedx_ratio"]], -20, 20)) * particles.expected_dedx(t_owner, conditions)
+    dedx_log_ratio = v[:, col["dedx_pull"]] * particles.dedx_sigma(t_owner, nhits, conditions)
+    dedx = np.exp(np.clip(dedx_log_ratio, -20, 20)) * particles.expected_dedx(t_owner, conditions)
+    tof_residual = v[:, col["tof_pull"]] * particles.tof_sigma(t_owner, conditions)
     tof_present = t_codes[:, 0] == 1
     n_t = t_owner.size
     chi_dedx = np.zeros((n_t, 5))
@@ -734,7 +805,7 @@ def _assemble(particles: ParticleBatch, conditions: Conditions, n_events: int, t
         chi_dedx[rows] = dedx_chi(dedx[rows], p[rows], nhits[rows], c["Dedx"])
         path_k, barrel_k, _ = tof_path(helix[rows], cos_theta[rows], c["Tof"], float(c["Mdc"]["bfield_t"]))
         beta = np.maximum(particles.beta[t_owner[rows]], 1e-6)
-        tof_k = v[rows, col["tof_residual"]] + path_k / (beta * _C_CM_PER_NS)
+        tof_k = tof_residual[rows] + path_k / (beta * _C_CM_PER_NS)
         has = tof_present[rows]
         tof[rows] = np.where(has, tof_k, np.nan)
         path[rows] = np.where(has, path_k, np.nan)
@@ -745,7 +816,7 @@ def _assemble(particles: ParticleBatch, conditions: Conditions, n_events: int, t
     sv = s_values
     own = s_owner >= 0
     safe = np.maximum(s_owner, 0)
-    energy = np.exp(sv[:, sc["log_energy_ratio"]]) * _energy_ref(particles, s_owner, s_rank)
+    energy = np.exp(sv[:, sc["log_energy_ratio"]]) * _energy_ref(particles, s_owner, s_rank, s_period, conditions)
     theta = np.clip(np.where(own, particles.theta_ref[safe] + sv[:, sc["d_theta"]], sv[:, sc["d_theta"]]), 1e-4,
                     np.pi - 1e-4)
     phi = _wrap(np.where(own, particles.phi_ref[safe] + sv[:, sc["d_phi"]], sv[:, sc["d_phi"]]))
@@ -888,14 +959,15 @@ def objects_table(reco: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def response_config() -> dict[str, Any]:
     """Hyper-parameters of a :class:`DetectorResponse` and their defaults (shared by the families using one)."""
     return {"hidden": [64, 64], "transforms": 6, "knots": 512, "shower_hidden": [48, 48], "shower_transforms": 5,
-            "condition_keys": None, "hypotheses": None}
+            "context_features": 0, "shower_context_features": 0, "condition_keys": None, "hypotheses": None}
 
 
 def build_response(config: Mapping[str, Any]) -> DetectorResponse:
     """The :class:`DetectorResponse` of a configuration whose derived keys are set."""
     return DetectorResponse(list(config["condition_keys"]), list(config["hypotheses"]),
                             [int(h) for h in config["hidden"]], int(config["transforms"]), int(config["knots"]),
-                            [int(h) for h in config["shower_hidden"]], int(config["shower_transforms"]))
+                            [int(h) for h in config["shower_hidden"]], int(config["shower_transforms"]),
+                            int(config["context_features"]), int(config["shower_context_features"]))
 
 
 def training_conditions(model: Any, events: Mapping[str, np.ndarray]) -> Conditions:
@@ -990,9 +1062,7 @@ class ResponseSurrogate(ModelFamily):
         Args:
             batch: ``{table: rows}`` as :meth:`make_tensors` returns them.
         """
-        model = self._model()
-        tables = {"particle": model.particle_table, "track": model.track_table, "shower": model.shower_table,
-                  "noise": model.noise_table}
+        tables = self._model().tables()
         return torch.cat([tables[name].log_prob(batch[name]) for name in tables if name in batch])
 
     def respond_tables(self, tables: Tables, conditions: Conditions | None = None, seed: int = 0,

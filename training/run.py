@@ -421,6 +421,7 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
         enable_progress_bar=sys.stderr.isatty() or os.environ.get("VBES_PROGRESS") == "1",
         # the batch samplers shard by process themselves (_EpochBatches), so streams stay in step under DDP
         use_distributed_sampler=False,
+        gradient_clip_val=trainer_cfg.get("gradient_clip"),
     )
     # Lightning's progress bar writes to stdout, which belongs to the command's result (--json)
     with _quiet_lightning(), contextlib.redirect_stdout(sys.stderr):
