@@ -89,7 +89,7 @@ class Sizes:
     """Event counts of one benchmark run (the full figures or --quick)."""
 
     train_events: int = 200_000  # per channel
-    gun_events: int = 1_000_000  # all species together
+    gun_events: int = 400_000  # all species together (as training/configs/full-*.yaml say)
     eval_events: int = 100_000  # model events per channel or species; references hold twice as many
     conditioning_events: int = 100_000  # per channel and period, reference and surrogate each
     speed_events: int = 1_000_000  # event surrogate, in memory and through vbes sample

@@ -161,6 +161,7 @@ def evaluate(
     from vbes.errors import EvaluationInputError, InvalidInput
 
     model_run = None
+    drawn = None
     if (sample_path is None) == (model_uri is None):
         raise click.UsageError("give either --sample or --model")
     try:
@@ -211,6 +212,14 @@ def evaluate(
 
         log_evaluation(settings_from_context().mlflow_tracking_uri, model_run, report_dir, reference_path,
                        result.flat(), outcome)
+    if drawn is not None and drawn.version:
+        from vbes.cli import settings_from_context
+        from vbes.training.preserve import archive_evaluated_package
+
+        archived = archive_evaluated_package(settings_from_context(), drawn.name, drawn.version, Path(report_dir),
+                                             Path(reference_path).stem)
+        if archived is not None:
+            click.echo(f"evaluate: preservation package with this report archived as {archived[0]}", err=True)
     findings = result.findings
     memorised = result.memorisation
     summary: dict[str, Any] = {

@@ -134,5 +134,7 @@ def respond_cmd(model: str, truth: Path, output: Path, tag: str | None, seed: in
     with progress_bar(int(file_info(truth)["n_events"]), "respond", "event") as bar:
         result = respond_file(model, truth, output, settings_from_context(), tag=tag, seed=seed, repeats=repeats,
                               fmt=fmt, progress=lambda done: bar.update(done - bar.n))
+    outside = result["provenance"]["inputs_outside_training_domain"]
     emit(result, as_json, f"wrote {result['events']} events with reconstructed objects from "
-                          f"{result['provenance']['model_uri']} for the truth of {truth} to {result['path']}")
+                          f"{result['provenance']['model_uri']} for the truth of {truth} to {result['path']}; "
+                          f"{100 * outside:.2f} % of the truth particles lie outside the model's training domain")

@@ -333,6 +333,20 @@ def sample_events(
     return {"paths": [str(p) for p in paths], "events": int(n_events), "provenance": provenance}
 
 
+def _inputs_outside(model: Any, truth: str | Path, conditions: Any, chunk_events: int) -> float:
+    """Fraction of the truth file's particles outside the response's training domain (species, momentum range,
+    calibration constants), read in chunks of the events and truth tables only."""
+    from vbes.datasets import iter_events
+    from vbes.models.response import truth_particles
+
+    outside = total = 0.0
+    for chunk in iter_events(truth, chunk_events, tables=["events", "truth"], verify="none"):
+        particles = truth_particles(chunk, conditions)
+        total += len(particles)
+        outside += model.response.domain_fraction(particles, conditions) * len(particles)
+    return outside / total if total else 0.0
+
+
 def _outside_domain(model: Any, conditions: Any) -> list[str]:
     """The calibration constants of the request outside the range the model was trained on (sorted).
 
@@ -398,6 +412,7 @@ def respond_file(uri: str, truth: str | Path, output: str | Path, settings: Any,
     runs = np.asarray(read_events(truth, tables=["events"], fields={"events": ["run"]}, verify="none")["events"]["run"])
     conditions = _conditions(settings, tag, (int(runs.min()), int(runs.max())))
     conditions = conditions.subset(sorted({int(i) for i in np.unique(conditions.period_of(runs))}))
+    outside = _inputs_outside(model, truth, conditions, chunk_events)
     provenance = {
         "generator": "vbes detector-response surrogate",
         **model_ref.provenance(),
@@ -409,6 +424,7 @@ def respond_file(uri: str, truth: str | Path, output: str | Path, settings: Any,
         "calibration_tag": tag,
         "calibration_payloads": {t: (v[0] if len(v) == 1 else v) for t, v in conditions.hashes().items()},
         "conditions_outside_training_domain": _outside_domain(model, conditions),
+        "inputs_outside_training_domain": outside,
         "software": f"vbes {vbes.__version__}",
     }
     done = 0
@@ -430,6 +446,8 @@ class DrawnSample:
     path: Path
     run_id: str
     training: Path | None
+    name: str = ""
+    version: str = ""
 
 
 def model_sample_for(uri: str, reference: str | Path, folder: str | Path, settings: Any, n_events: int | None = None,
@@ -462,7 +480,8 @@ def model_sample_for(uri: str, reference: str | Path, folder: str | Path, settin
     result = sample_events(uri, n, out / "model-sample.h5", settings, channel=channel,
                            runs=(int(runs[0]), int(runs[1])), tag=prov.get("calibration_tag"), seed=seed)
     model_ref = resolve_model(uri, settings)
-    return DrawnSample(Path(result["paths"][0]), model_ref.run_id, _training_file(model_ref, channel, settings))
+    return DrawnSample(Path(result["paths"][0]), model_ref.run_id, _training_file(model_ref, channel, settings),
+                       model_ref.name, model_ref.version)
 
 
 def _training_file(model_ref: RegisteredModel, channel: str, settings: Any) -> Path | None:
