@@ -77,9 +77,10 @@ BARREL_COS = 0.8
 #: network sizes of --quick (each applies where the family has the key)
 TINY_MODEL = {"hidden": [16, 16], "transforms": 2, "knots": 64, "shower_hidden": [16, 16], "shower_transforms": 2,
               "truth_hidden": [16, 16], "truth_transforms": 2, "truth_knots": 64}
-#: the two models: key -> (family, template file in training/configs, default run name)
-MODELS = {"event": ("event_surrogate", "full-event-surrogate.yaml", "bench-event-surrogate"),
-          "response": ("detector_response", "full-response.yaml", "bench-response")}
+#: the two models: key -> (family, template file in training/configs, default run name); the response first: the
+#: event model takes it as its detector (``response_model``) and trains only its truth
+MODELS = {"response": ("detector_response", "full-response.yaml", "bench-response"),
+          "event": ("event_surrogate", "full-event-surrogate.yaml", "bench-event-surrogate")}
 SEEDS = {"train": 1000, "reference": 2000, "gun_train": 3000, "gun_truth": 4000, "gun_reference": 5000,
          "period_reference": 6000, "model_sample": 7000, "speed": 8000}
 
@@ -374,18 +375,31 @@ def training_config(bench: Bench, key: str, files: Sequence[Path]) -> tuple[Path
     return path, source
 
 
+def _set_response_model(config: Path, uri: str) -> None:
+    """Point the event model's configuration at the response model of this run (its detector, not retrained)."""
+    import yaml
+
+    text = config.read_text()
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    data = yaml.safe_load(text)
+    data.setdefault("model", {})["response_model"] = uri
+    config.write_text(header + yaml.safe_dump(data, sort_keys=False))
+
+
 def stage_train(bench: Bench) -> None:
     """Train and register both models on the benchmark's data; remember the versions in ``bench_state.json``."""
     from vbes.training import train
 
     channel_files = [training_file(bench, c) for c in bench.channels]
-    files = {"event": channel_files + [gun_training_file(bench)],
-             "response": [gun_training_file(bench)] + channel_files}
+    # the event model takes the response model as its detector: it learns the channels' truth alone
+    files = {"event": channel_files, "response": [gun_training_file(bench)] + channel_files}
     for key in MODELS:
         if key in bench.models and bench.models[key]:
             bench.say(f"{key} model given ({bench.models[key]}): not trained")
             continue
         config, source = training_config(bench, key, files[key])
+        if key == "event" and bench.models.get("response"):
+            _set_response_model(config, bench.models["response"])
         bench.say(f"training the {key} model: {config} (from {source})")
         t0 = time.perf_counter()
         result = train(config, bench.settings, echo=lambda line: bench.say(f"  {line}"))

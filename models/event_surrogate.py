@@ -111,7 +111,10 @@ class EventSurrogate(ModelFamily):
     Args:
         config: ``truth_hidden``, ``truth_transforms``, ``truth_knots`` (the truth table), ``soft_photon`` (GeV),
             ``min_topology_fraction``, and the response's keys (:func:`vbes.models.response.response_config`);
-            ``topologies`` and the response's derived keys are set from the training data.
+            ``topologies`` and the response's derived keys are set from the training data. ``response_model``
+            (a saved model folder, or ``models:/NAME@ALIAS`` in a training configuration) takes the detector
+            response from a trained ``detector_response`` model: only the truth is trained, the response's weights
+            are copied in (the saved model is self-contained).
     """
 
     family = "event_surrogate"
@@ -132,7 +135,7 @@ class EventSurrogate(ModelFamily):
     def default_config(cls) -> dict[str, Any]:
         return {**response_config(), "truth_hidden": [128, 128], "truth_transforms": 8, "truth_knots": 1024,
                 "soft_photon": 0.005, "min_topology_fraction": 0.002, "topologies": None,
-                "topology_channels": None, "seed": 0}
+                "topology_channels": None, "seed": 0, "response_model": None}
 
     def _build(self) -> None:
         self.truth = TruthModel(list(self.config["topologies"]), list(self.config["topology_channels"]),
@@ -190,15 +193,22 @@ class EventSurrogate(ModelFamily):
             raise ModelError(f"family {self.family}: no decay topology of the training events is frequent enough")
         self.config["topologies"], self.config["topology_channels"] = keys, key_channels
         records = response_records(tables, conditions)
-        self.config["condition_keys"] = varying_keys(conditions.periods)
-        self.config["hypotheses"] = [int(h) for h in records.hypotheses]
+        trained_response = self._trained_response()
+        if trained_response is None:
+            self.config["condition_keys"] = varying_keys(conditions.periods)
+            self.config["hypotheses"] = [int(h) for h in records.hypotheses]
         with self.seeded():
             self._build()
         truth, response = self._parts()
         coords, codes, _chans, left_out = self._decomposed(tables)
         values, top_codes = truth.rows(coords, codes)
         truth.table.fit(values, top_codes)
-        response.fit(records, conditions)
+        if trained_response is None:
+            response.fit(records, conditions)
+        else:
+            # a registered response model is the detector: its weights are taken as they are and not trained
+            response.load_state_dict(trained_response.state_dict())
+            response.requires_grad_(False)
         self.card.conditions = [{"name": "channel", "values": dict(CHANNELS)}] + [
             {"name": k, "source": "calibration store, by tag and run"} for k in self.config["condition_keys"]]
         channels_seen = sorted({_CHANNEL_NAMES[c] for cs in key_channels for c in cs})
@@ -215,6 +225,33 @@ class EventSurrogate(ModelFamily):
             "system (FSR) are not drawn one by one",
             "derived reconstructed fields are computed with the reconstruction's formulas and the run's payloads",
         ]
+        if trained_response is not None:
+            self.card.notes.append(f"detector response taken from {self.config['response_model']} (its weights as "
+                                   "they were, not trained with this model)")
+            self.card.training_domain["response_model"] = {"source": str(self.config["response_model"]),
+                                                           "card": self._response_card}
+
+    def _trained_response(self) -> DetectorResponse | None:
+        """The response of the saved model named by ``response_model`` (its configuration copied into this one's),
+        or ``None`` when the response is trained here."""
+        source = self.config.get("response_model")
+        if not source:
+            return None
+        from vbes.models.base import load
+
+        donor = load(source)
+        response = getattr(donor, "response", None)
+        if not isinstance(response, DetectorResponse):
+            raise ModelError(f"response_model {source}: a {donor.family} model holds no detector response")
+        for key in response_config():
+            self.config[key] = donor.config[key]
+        self._response_card = donor.card.to_dict()
+        return response
+
+    @property
+    def frozen_response(self) -> bool:
+        """Whether the response comes from another model (and is not trained here)."""
+        return bool(self.config.get("response_model"))
 
     def on_load(self) -> None:
         stored = self.card.training_domain.get("conditions")
@@ -229,8 +266,9 @@ class EventSurrogate(ModelFamily):
         values, top_codes = truth.rows(coords, codes)
         out = {"truth": {**truth.table.encode(values, top_codes, truth.context(chans), rng),
                          "allowed": truth.allowed(chans)}}
-        records = response_records(tables, conditions, np.asarray(response.hypotheses))
-        out.update(response.tensors(records, conditions, rng))
+        if not self.frozen_response:
+            records = response_records(tables, conditions, np.asarray(response.hypotheses))
+            out.update(response.tensors(records, conditions, rng))
         return out
 
     def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

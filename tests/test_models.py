@@ -90,7 +90,8 @@ def test_every_family_keeps_the_common_contract(name: str, tables: dict, conditi
     terms = model.loss(batch)
     assert terms["loss"].shape == () and torch.isfinite(terms["loss"])
     terms["loss"].backward()
-    starved = [n for n, p in model.named_parameters() if p.grad is None or not bool((p.grad != 0).any())]
+    starved = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not bool((p.grad != 0).any()))]
     assert starved == []
 
     model.eval()
@@ -257,3 +258,27 @@ def test_track_flow_samples_are_physical_and_follow_the_channel(tables: dict, mu
     assert abs(np.median(mumu[:, 0]) - 3.0969 / 2) < 0.02
     # rho pi: three-body, the charged pions share the energy: well below the two-body momentum
     assert np.median(rhopi[:, 0]) < 1.3
+
+
+def test_an_event_surrogate_takes_a_trained_response_as_it_is(tables: dict, conditions: Conditions,
+                                                              tmp_path: Path) -> None:
+    donor = _prepared("detector_response", 5, tables, conditions)
+    folder = donor.save(tmp_path / "response")
+    config = {**_tiny("event_surrogate"), "response_model": str(folder)}
+    model = build("event_surrogate", config, seed=6)
+    model.conditions = conditions
+    model.fit_preprocessing(tables)
+    # the donor's weights, frozen; only the truth is trained
+    assert _equal(donor.response.state_dict(), model.response.state_dict())
+    assert not any(p.requires_grad for p in model.response.parameters())
+    batch = model.make_tensors(tables)
+    assert set(batch) == {"truth"}
+    model.loss(batch)["loss"].backward()
+    assert all(p.grad is not None for p in model.truth.parameters())
+    assert model.card.training_domain["response_model"]["source"] == str(folder)
+    # self-contained: the saved event model needs no donor folder
+    saved = model.save(tmp_path / "event")
+    (folder / "model.json").unlink()
+    again = load(saved)
+    drawn = again.sample(50, again.sample_request(tables, 50), seed=1)
+    assert len(drawn["events"]["run"]) == 50

@@ -92,7 +92,24 @@ def lineage_tags(lineage: Mapping[str, Any], config_sha: str, family: str) -> di
     for i, f in enumerate(lineage["files"]):
         tags[f"vbes.data.{i}.sha256"] = f["sha256"]
         tags[f"vbes.data.{i}.source"] = f["source"]
+    for key, model in (lineage.get("models") or {}).items():
+        tags[f"vbes.upstream.{key}"] = f"{model['uri']} version {model['version']} run {model['run_id']}"
     return tags
+
+
+def _resolve_models(model_config: Mapping[str, Any], settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The family's configuration with every registered model it names (a ``models:/`` URI) fetched to a local
+    saved-model folder, and those models' identities for the lineage."""
+    from vbes.training.sampling import resolve_model
+
+    resolved = dict(model_config)
+    upstream: dict[str, Any] = {}
+    for key, value in model_config.items():
+        if isinstance(value, str) and value.startswith("models:/"):
+            ref = resolve_model(value, settings)
+            resolved[key] = str(ref.folder)
+            upstream[key] = {"uri": value, "name": ref.name, "version": ref.version, "run_id": ref.run_id}
+    return resolved, upstream
 
 
 def _flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -349,7 +366,8 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
     split = split_of(events["run"], events["event"], (1.0 - fraction, fraction, 0.0), salt=config["seed"])
     train_tables, val_tables = select_events(data.tables, split == 0), select_events(data.tables, split == 1)
 
-    model = build(config["family"], config["model"], seed=config["seed"])
+    model_config, upstream = _resolve_models(config["model"], settings)
+    model = build(config["family"], model_config, seed=config["seed"])
     model.optimizer_config = dict(config["optimizer"])
     if model.needs_conditions:
         from vbes.calibration import CalibrationStore
@@ -357,7 +375,7 @@ def _train(config: dict[str, Any], settings: Any, fresh: bool, echo: Callable[[s
         with CalibrationStore.from_settings(settings) as store:
             model.conditions = data.conditions(store)
     model.fit_preprocessing(train_tables)
-    lineage = {**data.lineage(), "code_version": code_version()}
+    lineage = {**data.lineage(), "code_version": code_version(), "models": upstream}
     runs = events["run"]
     model.card.training_domain.update({
         "files": lineage["files"],
