@@ -84,8 +84,8 @@ def archive_package(settings: Any, model_name: str, version: str, package: Path,
 def archive_evaluated_package(settings: Any, model_name: str, version: str, report_dir: Path,
                               reference: str) -> tuple[str, str] | None:
     """Archive the version's preservation package again with an evaluation report in it
-    (``evaluations/<reference>/report.html`` and ``evaluation.json``), as ``models:NAME/vVERSION+<reference>.tar``
-    whose parent is the package archived at registration; returns ``(logical name, sha256)``, or ``None`` when no
+    (``evaluations/<reference>/report.html`` and ``evaluation.json``), as
+    ``models:NAME/vVERSION+<reference>-<sha256 prefix>.tar`` whose parent is the package archived at registration; returns ``(logical name, sha256)``, or ``None`` when no
     package of the version is archived.
 
     Args:
@@ -114,7 +114,11 @@ def archive_evaluated_package(settings: Any, model_name: str, version: str, repo
             if (report_dir / name).is_file():
                 members[f"evaluations/{reference}/{name}"] = (report_dir / name).read_bytes()
         package = _write_tar(Path(tmp) / "evaluated.tar", members)
-        name = f"{ARCHIVE_SCOPE}:{model_name}/v{version}+{reference}.tar"
+        from vbes.archive import checksum_file
+
+        # each evaluation's package is its own content: the name carries the start of its SHA-256
+        digest = checksum_file(package).sha256
+        name = f"{ARCHIVE_SCOPE}:{model_name}/v{version}+{reference}-{digest[:12]}.tar"
         metadata = {"model": model_name, "version": version, "kind": "vbes model preservation package",
                     "evaluation": reference}
         result = archive.put(package, name, metadata=metadata, parents=[record.sha256])
