@@ -253,3 +253,30 @@ def invoke_served_model(tracking_uri: str, model_uri: str, inputs: dict[str, lis
 def served_model_predict() -> Callable[..., list[Any]]:
     """:func:`invoke_served_model`, for test modules."""
     return invoke_served_model
+
+
+def cli_json(*args: object) -> dict[str, Any]:
+    """Run ``vbes ARGS... --json`` in-process; the exit status must be 0; returns the printed JSON."""
+    import io
+
+    from vbes.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([*map(str, args), "--json"])
+    assert code == 0, out.getvalue()
+    result: dict[str, Any] = json.loads(out.getvalue())
+    return result
+
+
+@contextlib.contextmanager
+def isolated_environment(values: dict[str, str], prefixes: tuple[str, ...] = ("VBES_",)) -> Iterator[None]:
+    """Set ``values`` as environment variables for the block, every other variable of ``prefixes`` cleared (for
+    module-scoped fixtures, where pytest's ``monkeypatch`` is not available)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in list(os.environ):
+            if var.startswith(prefixes) and var != "VBES_TEST_PG":
+                mp.delenv(var)
+        for key, value in values.items():
+            mp.setenv(key, value)
+        yield

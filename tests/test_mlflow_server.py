@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import json
 import os
 import shutil
 import signal
@@ -21,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cli_json, isolated_environment
 
-from vbes.cli import main
 
 # one server start (~10 s of imports and schema migrations) and one training: ~40 s on 2 busy cores
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -119,29 +117,17 @@ def env(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory,
     shutil.copy(rhopi_sample, data / rhopi_sample.name)
     mlflow_server.ready()
     values = {"VBES_HOME": str(root / "home"), "VBES_DATA": str(data), "VBES_MLFLOW_URI": mlflow_server.uri}
-    with pytest.MonkeyPatch.context() as mp:
-        for var in list(os.environ):
-            if var.startswith("VBES_") or var.startswith("MLFLOW_"):
-                mp.delenv(var)
-        for key, value in values.items():
-            mp.setenv(key, value)
+    with isolated_environment(values, ("VBES_", "MLFLOW_")):
         yield values
 
 
-def _cli_json(*args: str) -> dict[str, Any]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([*args, "--json"])
-    assert code == 0, out.getvalue()
-    result: dict[str, Any] = json.loads(out.getvalue())
-    return result
 
 
 @pytest.fixture(scope="module")
 def trained(env: dict[str, str], mlflow_server: MlflowServer) -> dict[str, Any]:
     """`vbes train` of the smoke configuration, exactly as shipped, tracked on the server."""
     try:
-        return _cli_json("train", str(SMOKE))
+        return cli_json("train", str(SMOKE))
     except BaseException:
         print(f"mlflow server log:\n{mlflow_server.tail()}", file=sys.stderr)
         raise
@@ -152,7 +138,7 @@ def test_a_candidate_registered_on_the_server_is_listed_and_loads_in_a_fresh_pro
     alias = f"models:/{trained['model_name']}@candidate"
     assert trained["version"] == "1" and trained["model_uri"] == alias
 
-    listing = _cli_json("models", "list")
+    listing = cli_json("models", "list")
     assert listing["tracking_uri"] == mlflow_server.uri
     (entry,) = [m for m in listing["models"] if m["name"] == trained["model_name"]]
     assert entry["aliases"] == {alias: "1"}

@@ -6,11 +6,8 @@ models loaded in a fresh process and behind `mlflow models serve`, and bad input
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import cli_json, isolated_environment
 
-from vbes.cli import main
 from vbes.datasets import read_events
 from vbes.datasets.schema import CHANNELS
 
@@ -37,13 +34,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _cli_json(*args: str) -> dict[str, Any]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([*map(str, args), "--json"])
-    assert code == 0, out.getvalue()
-    result: dict[str, Any] = json.loads(out.getvalue())
-    return result
 
 
 def _equal_tables(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarray]]) -> bool:
@@ -65,12 +55,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
     root = tmp_path_factory.mktemp("surrogates")
     values = {"VBES_HOME": str(root / "home"), "VBES_DATA": str(root / "data")}
-    with pytest.MonkeyPatch.context() as mp:
-        for var in list(os.environ):
-            if var.startswith("VBES_"):
-                mp.delenv(var)
-        for key, value in values.items():
-            mp.setenv(key, value)
+    with isolated_environment(values):
         settings = load_settings()
         settings.ensure_home()
         data = Path(values["VBES_DATA"])
@@ -90,7 +75,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def trained(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     """`vbes train` of both smoke configurations, exactly as shipped."""
-    return {name: _cli_json("train", CONFIGS / f"smoke-{name}.yaml") for name in ("event-surrogate", "response")}
+    return {name: cli_json("train", CONFIGS / f"smoke-{name}.yaml") for name in ("event-surrogate", "response")}
 
 
 def _tracking_uri(env: dict[str, str]) -> str:
@@ -101,7 +86,7 @@ def _tracking_uri(env: dict[str, str]) -> str:
 def drawn(trained: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`vbes sample` of 3000 rho pi events from the event surrogate's candidate, seed 3."""
     out = tmp_path_factory.mktemp("drawn") / "out.h5"
-    result = _cli_json("sample", EVENT, "-n", "3000", "-o", out, "--channel", "rhopi", "--seed", "3")
+    result = cli_json("sample", EVENT, "-n", "3000", "-o", out, "--channel", "rhopi", "--seed", "3")
     return {"path": out, "result": result, "tables": read_events(out)}
 
 
@@ -156,9 +141,9 @@ def test_sample_writes_a_verified_file_with_its_provenance(env: dict[str, str], 
 
 
 def test_the_same_request_and_seed_give_the_same_events(drawn: dict[str, Any], tmp_path: Path) -> None:
-    again = _cli_json("sample", EVENT, "-n", "3000", "-o", tmp_path / "again.h5", "--channel", "rhopi", "--seed", "3")
+    again = cli_json("sample", EVENT, "-n", "3000", "-o", tmp_path / "again.h5", "--channel", "rhopi", "--seed", "3")
     assert _equal_tables(read_events(again["paths"][0]), drawn["tables"])
-    other = read_events(_cli_json("sample", EVENT, "-n", "3000", "-o", tmp_path / "other.h5", "--channel", "rhopi",
+    other = read_events(cli_json("sample", EVENT, "-n", "3000", "-o", tmp_path / "other.h5", "--channel", "rhopi",
                                   "--seed", "4")["paths"][0])
     assert not _equal_tables(other, drawn["tables"])
     assert not np.array_equal(other["tracks"]["p"][:100], drawn["tables"]["tracks"]["p"][:100])
@@ -223,9 +208,9 @@ def test_a_channel_request_draws_only_that_channels_final_states(drawn: dict[str
 
 def test_sampling_outside_the_training_period_is_recorded(trained: dict[str, Any], tmp_path: Path) -> None:
     # period D of the simulation tag (-10000..-1) has the training runs' constants; period C (..-10001) others
-    inside = _cli_json("sample", EVENT, "-n", "50", "-o", tmp_path / "d.h5", "--runs=-5000:-4001")
+    inside = cli_json("sample", EVENT, "-n", "50", "-o", tmp_path / "d.h5", "--runs=-5000:-4001")
     assert inside["provenance"]["conditions_outside_training_domain"] == []
-    outside = _cli_json("sample", EVENT, "-n", "50", "-o", tmp_path / "c.h5", "--runs=-20000:-19001")
+    outside = cli_json("sample", EVENT, "-n", "50", "-o", tmp_path / "c.h5", "--runs=-20000:-19001")
     recorded = set(outside["provenance"]["conditions_outside_training_domain"])
     assert {"Emc.energy_scale", "Tof.sigma_barrel_ns"} <= recorded
     runs = read_events(tmp_path / "c.h5")["events"]["run"]

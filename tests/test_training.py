@@ -3,9 +3,7 @@ candidate (loaded in a fresh process), resume after SIGKILL, `vbes models list|s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -18,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cli_json, isolated_environment
 import yaml
 
-from vbes.cli import main
 from vbes.datasets import file_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,22 +34,10 @@ def env(tmp_path_factory: pytest.TempPathFactory, rhopi_sample: Path) -> Iterato
     data.mkdir()
     shutil.copy(rhopi_sample, data / rhopi_sample.name)
     values = {"VBES_HOME": str(root / "home"), "VBES_DATA": str(data)}
-    with pytest.MonkeyPatch.context() as mp:
-        for var in list(os.environ):
-            if var.startswith("VBES_"):
-                mp.delenv(var)
-        for key, value in values.items():
-            mp.setenv(key, value)
+    with isolated_environment(values):
         yield values
 
 
-def _cli_json(*args: str) -> dict[str, Any]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([*args, "--json"])
-    assert code == 0, out.getvalue()
-    result: dict[str, Any] = json.loads(out.getvalue())
-    return result
 
 
 def _tracking_uri(env: dict[str, str]) -> str:
@@ -61,7 +47,7 @@ def _tracking_uri(env: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def trained(env: dict[str, str]) -> dict[str, Any]:
     """`vbes train` of the smoke configuration, exactly as shipped."""
-    return _cli_json("train", str(SMOKE))
+    return cli_json("train", str(SMOKE))
 
 
 def test_train_tracks_lineage_and_registers_a_candidate(env: dict[str, str], trained: dict[str, Any]) -> None:
@@ -125,7 +111,7 @@ def test_each_registered_version_is_archived_as_a_preservation_package(env: dict
 
 
 def test_models_list_and_show(env: dict[str, str], trained: dict[str, Any]) -> None:
-    listing = _cli_json("models", "list")
+    listing = cli_json("models", "list")
     assert listing["tracking_uri"] == _tracking_uri(env)
     (entry,) = [m for m in listing["models"] if m["name"] == trained["model_name"]]
     alias = f"models:/{trained['model_name']}@candidate"
@@ -134,7 +120,7 @@ def test_models_list_and_show(env: dict[str, str], trained: dict[str, Any]) -> N
     assert version["aliases"] == [alias] and version["gate_status"] == "not evaluated"
     assert version["lineage"]["files"][0]["source"] == "jpsi-rhopi.h5"
 
-    shown = _cli_json("models", "show", alias)
+    shown = cli_json("models", "show", alias)
     assert shown["version"] == trained["version"] and shown["run_id"] == trained["run_id"]
     assert shown["model_card"]["family"] == "record_autoencoder"
     assert shown["model_card"]["training_domain"]["channels"] == ["rhopi"]
@@ -174,7 +160,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(env: dict[str, str], tmp_
     state = json.loads((run_dir / "state.json").read_text())
     assert state["status"] == "running"
 
-    result = _cli_json("train", str(path))
+    result = cli_json("train", str(path))
     assert result["run_id"] == state["run_id"]
     assert result["resumed_from_epoch"] is not None and 1 <= result["resumed_from_epoch"] < 6
     client = MlflowClient(tracking_uri=_tracking_uri(env), registry_uri=_tracking_uri(env))

@@ -168,8 +168,8 @@ def _chunk_seed(seed: int, chunk_index: int) -> int:
 
 
 @dataclass(frozen=True)
-class SurrogateChunks:
-    """``make_chunk`` of an event surrogate: chunk ``i`` of the request, drawn with a seed of (seed, i)."""
+class _Chunks:
+    """What chunk ``i`` of a request needs: the saved model, the channel, the run assignment, the conditions."""
 
     folder: str
     channel: str
@@ -179,36 +179,34 @@ class SurrogateChunks:
     seed: int
     conditions: Mapping[str, Any]
 
-    def __call__(self, chunk_index: int, n: int) -> dict[str, Any]:
+    def _slice(self, chunk_index: int, n: int) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Run and event numbers of the chunk's events, and the conditions."""
         from vbes.models.conditions import Conditions
 
         start = chunk_index * self.chunk_events
         run, event = run_assignment(start, start + n, self.n_total, *self.runs)
-        conditions = Conditions.from_periods(self.conditions["periods"], self.conditions["ranges"])
+        return run, event, Conditions.from_periods(self.conditions["periods"], self.conditions["ranges"])
+
+
+@dataclass(frozen=True)
+class SurrogateChunks(_Chunks):
+    """``make_chunk`` of an event surrogate: chunk ``i`` of the request, drawn with a seed of (seed, i)."""
+
+    def __call__(self, chunk_index: int, n: int) -> dict[str, Any]:
+        run, event, conditions = self._slice(chunk_index, n)
         return dict(_model(self.folder).sample(n, {"channel": self.channel, "run_numbers": run, "event_numbers": event,
                                                    "conditions": conditions}, seed=_chunk_seed(self.seed, chunk_index)))
 
 
 @dataclass(frozen=True)
-class GeneratorResponseChunks:
+class GeneratorResponseChunks(_Chunks):
     """``make_chunk`` of the reference chain's generator followed by the response surrogate."""
-
-    folder: str
-    channel: str
-    n_total: int
-    runs: tuple[int, int]
-    chunk_events: int
-    seed: int
-    conditions: Mapping[str, Any]
 
     def __call__(self, chunk_index: int, n: int) -> dict[str, Any]:
         from vbes.datasets.generator import JpsiGenerator
         from vbes.datasets.schema import channel_code
-        from vbes.models.conditions import Conditions
 
-        conditions = Conditions.from_periods(self.conditions["periods"], self.conditions["ranges"])
-        start = chunk_index * self.chunk_events
-        run, event = run_assignment(start, start + n, self.n_total, *self.runs)
+        run, event, conditions = self._slice(chunk_index, n)
         key = f"gen:{self.channel}:{self.seed}"
         if key not in _CACHE:
             _CACHE[key] = JpsiGenerator(self.channel, seed=self.seed)
